@@ -1,0 +1,3 @@
+//! Compute backends. (OWNER: engine core.)
+
+pub mod cpu;

@@ -1,0 +1,1 @@
+//! The engine: model + KV pool + scheduler + samplers. (OWNER: engine core.)

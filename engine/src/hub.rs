@@ -1,0 +1,1 @@
+//! Resolving `--model` HF repo ids (OWNER: helper G).

@@ -1,0 +1,1 @@
+//! KV memory pool. (OWNER: engine core.)

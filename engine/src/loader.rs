@@ -1,0 +1,1 @@
+//! Loading a model from a path or id (OWNER: helper G).

@@ -1,0 +1,1 @@
+//! HF safetensors model directories as a TensorSource (OWNER: helper G).

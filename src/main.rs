@@ -1,0 +1,2 @@
+//! The `pdserve` binary.
+fn main() {}
