@@ -1,11 +1,31 @@
-//! The engine: model + KV pool + scheduler + per-sequence samplers/detokenizers.
-//! (OWNER: engine core.) API below is fixed; bodies come with the core.
+//! The engine: one model runner (backend + weights + KV pool), the scheduler, and
+//! per-sequence sampling / detokenization / stop state. Driven synchronously by its
+//! owner: `add_request`, then `step()` until `has_work()` is false; `abort` at any
+//! time. No threads of its own beyond the backend's.
+//!
+//! Disaggregation (see DESIGN.md "Prefill handoff"):
+//! - prefill side: `add_prefill_only` runs the prompt, samples the first token, and
+//!   keeps the sequence's KV blocks (parked) until `release`; `kv_blocks` lists them.
+//! - decode side: `reserve_import` allocates destination blocks, a transport fills
+//!   them (`write_kv_block`), `commit_import` joins the sequence to the batch with the
+//!   first token computed remotely.
+//!
+//! Invariant: every sequence that leaves (finished, aborted, released) has its
+//! blocks returned to the scheduler in the same call.
 
+use std::collections::HashMap;
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{AttnSeq, ForwardBatch, MemKind};
 use crate::config::ModelConfig;
+use crate::kv::pool::KvLayout;
 use crate::loader::LoadedModel;
-use crate::sampling::{SampledToken, SamplingParams};
-use crate::tokenizer::Tokenizer;
-use crate::{Result, SeqId};
+use crate::model::{Model, ModelRunner};
+use crate::sampling::stop::StopChecker;
+use crate::sampling::{SampledToken, SamplingParams, SequenceSampler};
+use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerStats};
+use crate::tokenizer::{IncrementalDecoder, Tokenizer};
+use crate::{BlockId, EngineError, Result, SeqId};
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -43,7 +63,7 @@ pub struct EngineRequest {
     pub params: SamplingParams,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FinishReason {
     /// eos, stop token id or stop string.
     Stop,
@@ -65,35 +85,385 @@ pub struct SeqOutput {
     pub num_cached_tokens: usize,
 }
 
+/// Destination blocks allocated for a sequence whose KV is written from outside.
+#[derive(Clone, Debug)]
+pub struct ImportReservation {
+    pub blocks: Vec<BlockId>,
+    /// Leading prompt tokens already present (prefix cache): their blocks need no
+    /// transfer.
+    pub cached_tokens: usize,
+}
+
+/// Load and capacity figures for routers and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EngineStats {
+    pub running: usize,
+    pub waiting: usize,
+    pub free_blocks: usize,
+    pub total_blocks: usize,
+}
+
+struct SeqState {
+    sampler: SequenceSampler,
+    decoder: IncrementalDecoder,
+    stop: StopChecker,
+    params: SamplingParams,
+    prompt_len: usize,
+    generated: usize,
+    /// Prefill-only: park after the first token instead of finishing.
+    prefill_only: bool,
+}
+
 pub struct Engine {
-    _private: (),
+    runner: Box<dyn ModelRunner>,
+    tokenizer: Tokenizer,
+    scheduler: Scheduler,
+    seqs: HashMap<SeqId, SeqState>,
+    eos_ids: Vec<u32>,
+    max_model_len: usize,
+    model_name: String,
 }
 
 impl Engine {
+    /// Builds a CPU engine.
     pub fn new(model: LoadedModel, config: EngineConfig) -> Result<Engine> {
-        let _ = (model, config);
-        todo!("engine core")
+        let per_block =
+            Model::<CpuBackend>::layout_for(&model.config, config.block_size, 1).block_bytes();
+        let num_blocks = KvLayout::blocks_for_bytes(config.kv_cache_bytes, per_block);
+        let runner = Model::new(
+            CpuBackend,
+            model.config.clone(),
+            &model.weights,
+            config.block_size,
+            num_blocks,
+        )?;
+        Self::with_runner(Box::new(runner), model.tokenizer, model.name, config)
     }
+
+    /// Builds an engine over any model runner (other backends, tests).
+    pub fn with_runner(
+        runner: Box<dyn ModelRunner>,
+        tokenizer: Tokenizer,
+        model_name: String,
+        config: EngineConfig,
+    ) -> Result<Engine> {
+        let layout = runner.kv_layout();
+        if layout.num_blocks == 0 {
+            return Err(EngineError::KvCacheTooSmall {
+                needed_blocks: 1,
+                total_blocks: 0,
+            });
+        }
+        let mc = runner.config();
+        let max_model_len = config
+            .max_model_len
+            .unwrap_or(mc.max_position_embeddings)
+            .min(mc.max_position_embeddings)
+            .max(1);
+        let mut eos_ids = mc.eos_token_ids.clone();
+        for id in tokenizer.eos_token_ids() {
+            if !eos_ids.contains(&id) {
+                eos_ids.push(id);
+            }
+        }
+        let scheduler = Scheduler::new(SchedulerConfig {
+            block_size: config.block_size,
+            num_blocks: layout.num_blocks,
+            max_num_seqs: config.max_num_seqs.max(1),
+            max_batched_tokens: config.max_batched_tokens.max(1),
+            chunked_prefill: config.chunked_prefill,
+            enable_prefix_cache: config.enable_prefix_cache,
+            max_model_len,
+        });
+        Ok(Engine {
+            runner,
+            tokenizer,
+            scheduler,
+            seqs: HashMap::new(),
+            eos_ids,
+            max_model_len,
+            model_name,
+        })
+    }
+
     pub fn tokenizer(&self) -> &Tokenizer {
-        todo!("engine core")
+        &self.tokenizer
     }
     pub fn model_config(&self) -> &ModelConfig {
-        todo!("engine core")
+        self.runner.config()
     }
+    pub fn model_name(&self) -> &str {
+        &self.model_name
+    }
+    pub fn max_model_len(&self) -> usize {
+        self.max_model_len
+    }
+    pub fn kv_layout(&self) -> KvLayout {
+        self.runner.kv_layout()
+    }
+    pub fn backend_name(&self) -> String {
+        self.runner.backend_name()
+    }
+    pub fn eos_token_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    fn new_state(&self, req: &EngineRequest, prefill_only: bool) -> Result<SeqState> {
+        req.params.validate()?;
+        if req.prompt_tokens.is_empty() {
+            return Err(EngineError::InvalidRequest("the prompt is empty".into()));
+        }
+        if req.prompt_tokens.len() >= self.max_model_len {
+            return Err(EngineError::PromptTooLong {
+                prompt_tokens: req.prompt_tokens.len(),
+                max_context: self.max_model_len,
+            });
+        }
+        let vocab = self.runner.config().vocab_size;
+        if let Some(t) = req.prompt_tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::InvalidRequest(format!(
+                "token id {t} is outside the vocabulary (size {vocab})"
+            )));
+        }
+        if self.seqs.contains_key(&req.id) {
+            return Err(EngineError::DuplicateSequence(req.id));
+        }
+        Ok(SeqState {
+            sampler: SequenceSampler::new(&req.params, &req.prompt_tokens, &self.eos_ids),
+            decoder: IncrementalDecoder::new(true),
+            stop: StopChecker::new(&req.params.stop),
+            params: req.params.clone(),
+            prompt_len: req.prompt_tokens.len(),
+            generated: 0,
+            prefill_only,
+        })
+    }
+
+    /// Queues a request. Errors: invalid params, empty or too long prompt, token ids
+    /// outside the vocabulary, duplicate id, a prompt that can never fit the KV pool.
     pub fn add_request(&mut self, request: EngineRequest) -> Result<()> {
-        let _ = request;
-        todo!("engine core")
+        let state = self.new_state(&request, false)?;
+        self.scheduler
+            .add_sequence(request.id, request.prompt_tokens)?;
+        self.seqs.insert(request.id, state);
+        Ok(())
     }
+
+    /// Prefill side of disaggregation: computes the prompt and its first token, then
+    /// keeps the KV blocks until `release`.
+    pub fn add_prefill_only(&mut self, request: EngineRequest) -> Result<()> {
+        let state = self.new_state(&request, true)?;
+        self.scheduler
+            .add_sequence(request.id, request.prompt_tokens)?;
+        self.seqs.insert(request.id, state);
+        Ok(())
+    }
+
+    /// KV blocks of a sequence, in position order.
+    pub fn kv_blocks(&self, id: SeqId) -> Option<Vec<BlockId>> {
+        self.scheduler.block_table(id).map(|b| b.to_vec())
+    }
+
+    /// Frees a parked (prefill-only) sequence's blocks after export.
+    pub fn release(&mut self, id: SeqId) -> bool {
+        self.seqs.remove(&id);
+        self.scheduler.finish(id)
+    }
+
+    /// Decode side of disaggregation: allocates destination blocks for `prompt`.
+    pub fn reserve_import(&mut self, request: EngineRequest) -> Result<ImportReservation> {
+        let state = self.new_state(&request, false)?;
+        let (blocks, cached_tokens) = self
+            .scheduler
+            .reserve_import(request.id, request.prompt_tokens)?;
+        self.seqs.insert(request.id, state);
+        Ok(ImportReservation {
+            blocks,
+            cached_tokens,
+        })
+    }
+
+    /// The KV of a reserved import is in place: the sequence joins the batch with
+    /// `first` (sampled by the prefill side) as its first generated token. Returns
+    /// that token's output (text, and finish if it already ends the sequence).
+    pub fn commit_import(&mut self, id: SeqId, first: SampledToken) -> Result<SeqOutput> {
+        if !self.seqs.contains_key(&id) {
+            return Err(EngineError::UnknownSequence(id));
+        }
+        if first.token as usize >= self.runner.config().vocab_size {
+            self.abort(id);
+            return Err(EngineError::KvTransfer(format!(
+                "first token {} outside the vocabulary",
+                first.token
+            )));
+        }
+        self.scheduler.commit_import(id, first.token)?;
+        let st = self
+            .seqs
+            .get_mut(&id)
+            .ok_or(EngineError::UnknownSequence(id))?;
+        st.sampler.record(first.token);
+        let out = self.emit(id, first);
+        if out.finish.is_some() {
+            self.end(id);
+        }
+        Ok(out)
+    }
+
+    pub fn write_kv_block(&mut self, block: BlockId, data: &[u8]) -> Result<()> {
+        self.runner.write_kv_block(block, data)
+    }
+    pub fn read_kv_block(&self, block: BlockId, out: &mut [u8]) -> Result<()> {
+        self.runner.read_kv_block(block, out)
+    }
+    pub fn kv_block_region(&self, block: BlockId) -> Option<(usize, usize, MemKind)> {
+        self.runner.kv_block_region(block)
+    }
+
+    /// Leading tokens of `tokens` whose KV is in the prefix cache.
+    pub fn cached_prefix_len(&self, tokens: &[u32]) -> usize {
+        self.scheduler.cached_prefix_len(tokens)
+    }
+
     /// Runs one scheduler step (one forward pass over the batch).
     pub fn step(&mut self) -> Result<Vec<SeqOutput>> {
-        todo!("engine core")
+        let plan = self.scheduler.schedule();
+        if plan.chunks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut batch = ForwardBatch::default();
+        for ch in &plan.chunks {
+            let tokens = self
+                .scheduler
+                .tokens(ch.seq)
+                .ok_or(EngineError::UnknownSequence(ch.seq))?;
+            let table = self
+                .scheduler
+                .block_table(ch.seq)
+                .ok_or(EngineError::UnknownSequence(ch.seq))?;
+            let row_start = batch.tokens.len();
+            batch
+                .tokens
+                .extend_from_slice(&tokens[ch.start..ch.start + ch.len]);
+            batch
+                .positions
+                .extend((ch.start..ch.start + ch.len).map(|p| p as u32));
+            if ch.sample {
+                batch.logits_rows.push(row_start + ch.len - 1);
+            }
+            batch.seqs.push(AttnSeq {
+                row_start,
+                len: ch.len,
+                pos_start: ch.start,
+                block_table: table.to_vec(),
+            });
+        }
+        let mut logits = self.runner.forward(&batch)?;
+        let vocab = self.runner.config().vocab_size;
+        let mut outputs = Vec::new();
+        let mut row = 0;
+        for ch in &plan.chunks {
+            if !ch.sample {
+                self.scheduler.complete_chunk(ch.seq, ch.len, None);
+                continue;
+            }
+            let lg = &mut logits[row * vocab..(row + 1) * vocab];
+            row += 1;
+            let Some(st) = self.seqs.get_mut(&ch.seq) else {
+                self.scheduler.complete_chunk(ch.seq, ch.len, None);
+                continue;
+            };
+            let tok = st.sampler.sample(lg);
+            self.scheduler
+                .complete_chunk(ch.seq, ch.len, Some(tok.token));
+            let out = self.emit(ch.seq, tok);
+            if out.finish.is_some() {
+                self.end(ch.seq);
+            }
+            outputs.push(out);
+        }
+        Ok(outputs)
     }
+
+    /// Accounts one generated token: detokenize, stop checks, finish reason.
+    fn emit(&mut self, id: SeqId, tok: SampledToken) -> SeqOutput {
+        let num_cached_tokens = self.scheduler.num_cached_tokens(id);
+        let total_len = self.scheduler.tokens(id).map_or(0, |t| t.len());
+        let st = self
+            .seqs
+            .get_mut(&id)
+            .expect("emit is called for live sequences");
+        st.generated += 1;
+        let mut finish = None;
+        let mut text = String::new();
+        let mut stopped_by_string = false;
+        if st.sampler.is_stop_token(tok.token) {
+            finish = Some(FinishReason::Stop);
+        } else {
+            let delta = st
+                .decoder
+                .push(&self.tokenizer, tok.token)
+                .unwrap_or_default();
+            let step = st.stop.push(&delta);
+            text = step.emit;
+            if step.stopped {
+                finish = Some(FinishReason::Stop);
+                stopped_by_string = true;
+            }
+        }
+        let out_of_room = st.generated >= st.params.max_tokens || total_len >= self.max_model_len;
+        if finish.is_none() && (out_of_room || st.prefill_only) {
+            finish = Some(FinishReason::Length);
+        }
+        if finish.is_some() && !stopped_by_string {
+            // Ending without a stop-string match: release held-back text.
+            let tail = st.decoder.flush(&self.tokenizer);
+            let step = st.stop.push(&tail);
+            text.push_str(&step.emit);
+            if step.stopped {
+                finish = Some(FinishReason::Stop);
+            } else {
+                text.push_str(&st.stop.flush());
+            }
+        }
+        SeqOutput {
+            id,
+            token: tok,
+            text,
+            finish,
+            num_prompt_tokens: st.prompt_len,
+            num_cached_tokens,
+        }
+    }
+
+    /// A sequence produced its last token: free it, or park it for KV export.
+    fn end(&mut self, id: SeqId) {
+        let prefill_only = self.seqs.get(&id).is_some_and(|s| s.prefill_only);
+        if prefill_only {
+            self.scheduler.park(id);
+        } else {
+            self.seqs.remove(&id);
+            self.scheduler.finish(id);
+        }
+    }
+
     /// Stops a sequence at once and frees its KV blocks. False if unknown.
     pub fn abort(&mut self, id: SeqId) -> bool {
-        let _ = id;
-        todo!("engine core")
+        let known = self.seqs.remove(&id).is_some();
+        self.scheduler.abort(id) || known
     }
+
     pub fn has_work(&self) -> bool {
-        todo!("engine core")
+        self.scheduler.has_work()
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let s: SchedulerStats = self.scheduler.stats();
+        EngineStats {
+            running: s.running,
+            waiting: s.waiting,
+            free_blocks: s.free_blocks + s.cached_blocks,
+            total_blocks: s.total_blocks,
+        }
     }
 }

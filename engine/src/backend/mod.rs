@@ -1,3 +1,131 @@
-//! Compute backends. (OWNER: engine core.)
+//! The compute backend abstraction: the transformer forward (`model`) is written
+//! once against [`Backend`]; the CPU backend implements it now, CUDA next.
+//!
+//! A backend owns its buffers (`Buf`, f32 activations, row-major `[rows][dim]`),
+//! its resident weights (`Matrix`, `Vector`) and its KV pool (`Kv`). All shapes are
+//! passed explicitly; ops never allocate except `alloc`.
 
 pub mod cpu;
+
+use crate::kv::pool::KvLayout;
+use crate::quant::QMatrix;
+use crate::{BlockId, Result};
+
+/// One sequence's slice of a batched forward, as attention needs it.
+#[derive(Clone, Debug)]
+pub struct AttnSeq {
+    /// First row of this sequence's tokens in the batch.
+    pub row_start: usize,
+    /// Tokens computed this step.
+    pub len: usize,
+    /// Absolute position of the first of them (= tokens already in the KV cache).
+    pub pos_start: usize,
+    /// Block table covering positions `0 .. pos_start + len`.
+    pub block_table: Vec<BlockId>,
+}
+
+/// Host-side description of one forward pass.
+#[derive(Clone, Debug, Default)]
+pub struct ForwardBatch {
+    /// `[rows]` token ids.
+    pub tokens: Vec<u32>,
+    /// `[rows]` absolute positions.
+    pub positions: Vec<u32>,
+    pub seqs: Vec<AttnSeq>,
+    /// Rows whose logits are wanted, in output order.
+    pub logits_rows: Vec<usize>,
+}
+
+impl ForwardBatch {
+    pub fn rows(&self) -> usize {
+        self.tokens.len()
+    }
+    /// KV slot (block * block_size + offset) of every row.
+    pub fn kv_slots(&self, block_size: usize) -> Vec<usize> {
+        let mut slots = vec![0; self.rows()];
+        for s in &self.seqs {
+            for i in 0..s.len {
+                let pos = s.pos_start + i;
+                slots[s.row_start + i] =
+                    s.block_table[pos / block_size].0 as usize * block_size + pos % block_size;
+            }
+        }
+        slots
+    }
+}
+
+/// Where a KV block lives, for transports that register memory (NIXL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemKind {
+    Host,
+    Cuda(u32),
+}
+
+pub trait Backend: Send {
+    type Buf: Send;
+    type Matrix: Send + Sync;
+    type Vector: Send + Sync;
+    type Kv: Send;
+
+    fn name(&self) -> String;
+
+    fn upload_matrix(&self, m: &QMatrix) -> Result<Self::Matrix>;
+    fn upload_vector(&self, v: &[f32]) -> Result<Self::Vector>;
+    fn alloc_kv(&self, layout: KvLayout) -> Result<Self::Kv>;
+    /// Zeroed `[len]` buffer.
+    fn alloc(&self, len: usize) -> Self::Buf;
+
+    /// `out[rows][dim]` = rows of `table` for `tokens`.
+    fn embed(&self, table: &Self::Matrix, tokens: &[u32], out: &mut Self::Buf);
+    /// `out = rmsnorm(x) * w` row-wise over `dim = w.len()`.
+    fn rms_norm(&self, x: &Self::Buf, w: &Self::Vector, eps: f32, out: &mut Self::Buf);
+    /// `residual += x; out = rmsnorm(residual) * w` (fused residual add).
+    fn add_rms_norm(
+        &self,
+        residual: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Vector,
+        eps: f32,
+        out: &mut Self::Buf,
+    );
+    /// In place RMSNorm of each `head_dim` slice (Qwen3 q/k norm).
+    fn head_rms_norm(&self, x: &mut Self::Buf, w: &Self::Vector, eps: f32);
+    /// `out[n][w.rows] = x[n][w.cols] · wᵀ`.
+    fn matmul(&self, x: &Self::Buf, w: &Self::Matrix, n: usize, out: &mut Self::Buf);
+    /// `x[r][:] += b` for every row.
+    fn add_bias(&self, x: &mut Self::Buf, b: &Self::Vector);
+    /// `x += y`.
+    fn add(&self, x: &mut Self::Buf, y: &Self::Buf);
+    /// `gate = silu(gate) * up`.
+    fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf);
+    /// Rotary embedding (HF rotate-half convention) on `x[rows][n_heads * head_dim]`.
+    fn rope(&self, x: &mut Self::Buf, positions: &[u32], head_dim: usize, theta: f32);
+    /// Writes this step's K and V rows (`[rows][kv_dim]`) into their slots.
+    fn store_kv(
+        &self,
+        kv: &mut Self::Kv,
+        layer: usize,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        slots: &[usize],
+    );
+    /// Causal attention of `q[rows][n_heads*head_dim]` over each sequence's cached
+    /// and new keys; `out` like `q`.
+    fn attention(
+        &self,
+        q: &Self::Buf,
+        kv: &Self::Kv,
+        layer: usize,
+        seqs: &[AttnSeq],
+        n_heads: usize,
+        out: &mut Self::Buf,
+    );
+    /// `out[k][dim] = x[rows[k]][dim]`.
+    fn gather_rows(&self, x: &Self::Buf, rows: &[usize], dim: usize, out: &mut Self::Buf);
+    fn to_host(&self, x: &Self::Buf) -> Vec<f32>;
+
+    // KV block access for transports.
+    fn kv_block_region(&self, kv: &Self::Kv, block: BlockId) -> Option<(usize, usize, MemKind)>;
+    fn read_kv_block(&self, kv: &Self::Kv, block: BlockId, out: &mut [u8]) -> Result<()>;
+    fn write_kv_block(&self, kv: &mut Self::Kv, block: BlockId, data: &[u8]) -> Result<()>;
+}

@@ -1,1 +1,85 @@
-//! KV memory pool. (OWNER: engine core.)
+//! KV cache memory layout, shared by every backend, and the CPU pool.
+//!
+//! Layout (one contiguous region per block, so that a transport moves one block
+//! with one descriptor):
+//! `pool[num_blocks][num_layers][2 (K, V)][block_size][num_kv_heads][head_dim]`.
+//! Within a block, layer `l`'s keys for token slot `s` and kv head `g` start at
+//! `((l * 2 + 0) * block_size + s) * kv_dim + g * head_dim` (values: `+ block_size *
+//! kv_dim`). Element type is f32 on CPU.
+
+use crate::BlockId;
+
+/// Geometry of a KV pool. Two engines can exchange blocks iff their layouts match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KvLayout {
+    pub num_blocks: usize,
+    pub num_layers: usize,
+    pub block_size: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// Bytes per element (4 for f32, 2 for bf16).
+    pub elem_bytes: usize,
+}
+
+impl KvLayout {
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+    /// Elements of one (layer, K-or-V) slab inside a block.
+    pub fn slab_elems(&self) -> usize {
+        self.block_size * self.kv_dim()
+    }
+    /// Elements of one whole block (all layers, K and V).
+    pub fn block_elems(&self) -> usize {
+        self.num_layers * 2 * self.slab_elems()
+    }
+    pub fn block_bytes(&self) -> usize {
+        self.block_elems() * self.elem_bytes
+    }
+    /// Element offset of the K slab (`v = false`) or V slab of `layer` in `block`.
+    pub fn slab_offset(&self, block: usize, layer: usize, v: bool) -> usize {
+        block * self.block_elems() + (layer * 2 + v as usize) * self.slab_elems()
+    }
+    /// Blocks that fit in `bytes` for a model with this per-block geometry.
+    pub fn blocks_for_bytes(bytes: usize, per_block_bytes: usize) -> usize {
+        bytes / per_block_bytes.max(1)
+    }
+}
+
+/// KV memory on the host (the CPU backend's pool).
+pub struct CpuKvPool {
+    pub layout: KvLayout,
+    /// `layout.num_blocks * layout.block_elems()` f32 values.
+    pub data: Vec<f32>,
+}
+
+impl CpuKvPool {
+    pub fn new(layout: KvLayout) -> Self {
+        CpuKvPool {
+            data: vec![0.0; layout.num_blocks * layout.block_elems()],
+            layout,
+        }
+    }
+    fn block_range(&self, block: BlockId) -> Option<std::ops::Range<usize>> {
+        let b = block.0 as usize;
+        (b < self.layout.num_blocks).then(|| {
+            let n = self.layout.block_elems();
+            b * n..(b + 1) * n
+        })
+    }
+    /// The raw bytes of one block (what a transport sends).
+    pub fn block_bytes(&self, block: BlockId) -> Option<&[u8]> {
+        self.block_range(block)
+            .map(|r| bytemuck::cast_slice(&self.data[r]))
+    }
+    /// Mutable raw bytes of one block (what a transport writes into).
+    pub fn block_bytes_mut(&mut self, block: BlockId) -> Option<&mut [u8]> {
+        self.block_range(block)
+            .map(|r| bytemuck::cast_slice_mut(&mut self.data[r]))
+    }
+    /// Address and length of a block, for transports that register memory.
+    pub fn block_region(&self, block: BlockId) -> Option<(usize, usize)> {
+        self.block_bytes(block)
+            .map(|b| (b.as_ptr() as usize, b.len()))
+    }
+}

@@ -1,6 +1,243 @@
-//! The transformer forward pass, written once over the [`Backend`] trait.
-//! (OWNER: engine core.)
+//! The transformer forward pass, written once over the [`Backend`] trait, for the
+//! pre-norm RMSNorm / RoPE / GQA / SwiGLU family (Llama, Qwen2, Qwen3).
+//!
+//! [`Model`] owns the backend, the resident weights and the KV pool; the engine talks
+//! to it through the object-safe [`ModelRunner`] so that it need not be generic.
 
 pub mod weights;
 
 pub use weights::{LayerWeights, ModelWeights, TensorNaming, TensorSource};
+
+use crate::backend::{Backend, ForwardBatch, MemKind};
+use crate::config::ModelConfig;
+use crate::kv::pool::KvLayout;
+use crate::{BlockId, EngineError, Result};
+
+/// What the engine needs from a model, independent of the backend.
+pub trait ModelRunner: Send {
+    fn config(&self) -> &ModelConfig;
+    fn kv_layout(&self) -> KvLayout;
+    fn backend_name(&self) -> String;
+    /// Runs the batch; returns `[logits_rows.len()][vocab]` logits on the host.
+    fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<f32>>;
+    fn kv_block_region(&self, block: BlockId) -> Option<(usize, usize, MemKind)>;
+    fn read_kv_block(&self, block: BlockId, out: &mut [u8]) -> Result<()>;
+    fn write_kv_block(&mut self, block: BlockId, data: &[u8]) -> Result<()>;
+}
+
+struct Layer<B: Backend> {
+    attn_norm: B::Vector,
+    wq: B::Matrix,
+    wk: B::Matrix,
+    wv: B::Matrix,
+    wo: B::Matrix,
+    bq: Option<B::Vector>,
+    bk: Option<B::Vector>,
+    bv: Option<B::Vector>,
+    q_norm: Option<B::Vector>,
+    k_norm: Option<B::Vector>,
+    ffn_norm: B::Vector,
+    w_gate: B::Matrix,
+    w_up: B::Matrix,
+    w_down: B::Matrix,
+}
+
+pub struct Model<B: Backend> {
+    config: ModelConfig,
+    backend: B,
+    embed: B::Matrix,
+    layers: Vec<Layer<B>>,
+    final_norm: B::Vector,
+    lm_head: Option<B::Matrix>,
+    kv: B::Kv,
+    kv_layout: KvLayout,
+}
+
+impl<B: Backend> Model<B> {
+    /// Uploads the weights and allocates a KV pool of `num_blocks` blocks.
+    pub fn new(
+        backend: B,
+        config: ModelConfig,
+        weights: &ModelWeights,
+        block_size: usize,
+        num_blocks: usize,
+    ) -> Result<Self> {
+        let up_m = |m| backend.upload_matrix(m);
+        let up_v = |v: &Vec<f32>| backend.upload_vector(v);
+        let opt_v = |v: &Option<Vec<f32>>| v.as_ref().map(up_v).transpose();
+        let mut layers = Vec::with_capacity(weights.layers.len());
+        for l in &weights.layers {
+            layers.push(Layer {
+                attn_norm: up_v(&l.attn_norm)?,
+                wq: up_m(&l.wq)?,
+                wk: up_m(&l.wk)?,
+                wv: up_m(&l.wv)?,
+                wo: up_m(&l.wo)?,
+                bq: opt_v(&l.bq)?,
+                bk: opt_v(&l.bk)?,
+                bv: opt_v(&l.bv)?,
+                q_norm: opt_v(&l.q_norm)?,
+                k_norm: opt_v(&l.k_norm)?,
+                ffn_norm: up_v(&l.ffn_norm)?,
+                w_gate: up_m(&l.w_gate)?,
+                w_up: up_m(&l.w_up)?,
+                w_down: up_m(&l.w_down)?,
+            });
+        }
+        let kv_layout = Self::layout_for(&config, block_size, num_blocks);
+        Ok(Model {
+            embed: up_m(&weights.embed)?,
+            final_norm: up_v(&weights.final_norm)?,
+            lm_head: weights.lm_head.as_ref().map(up_m).transpose()?,
+            kv: backend.alloc_kv(kv_layout)?,
+            layers,
+            kv_layout,
+            backend,
+            config,
+        })
+    }
+
+    /// The KV geometry of `config` (f32 elements).
+    pub fn layout_for(config: &ModelConfig, block_size: usize, num_blocks: usize) -> KvLayout {
+        KvLayout {
+            num_blocks,
+            num_layers: config.num_layers,
+            block_size,
+            num_kv_heads: config.num_kv_heads,
+            head_dim: config.head_dim,
+            elem_bytes: 4,
+        }
+    }
+
+    fn check_batch(&self, batch: &ForwardBatch) -> Result<()> {
+        let rows = batch.rows();
+        let bad = |m: String| Err(EngineError::InvalidRequest(m));
+        if batch.positions.len() != rows {
+            return bad("positions and tokens differ in length".into());
+        }
+        if let Some(&t) = batch
+            .tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
+            return bad(format!(
+                "token id {t} is outside the vocabulary ({})",
+                self.config.vocab_size
+            ));
+        }
+        if let Some(&r) = batch.logits_rows.iter().find(|&&r| r >= rows) {
+            return bad(format!("logits row {r} out of range"));
+        }
+        let bs = self.kv_layout.block_size;
+        for s in &batch.seqs {
+            let end = s.pos_start + s.len;
+            if s.row_start + s.len > rows || s.block_table.len() * bs < end {
+                return bad(format!(
+                    "sequence slice {s:?} does not fit the batch or its blocks"
+                ));
+            }
+            if let Some(b) = s
+                .block_table
+                .iter()
+                .find(|b| b.0 as usize >= self.kv_layout.num_blocks)
+            {
+                return bad(format!("block {} out of range", b.0));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> ModelRunner for Model<B> {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    fn kv_layout(&self) -> KvLayout {
+        self.kv_layout
+    }
+    fn backend_name(&self) -> String {
+        self.backend.name()
+    }
+
+    fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<f32>> {
+        self.check_batch(batch)?;
+        let c = &self.config;
+        let be = &self.backend;
+        let n = batch.rows();
+        let (h, q_dim, kv_dim, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+        let eps = c.rms_norm_eps;
+        let slots = batch.kv_slots(self.kv_layout.block_size);
+
+        // Activations: [n][h] residual stream, [n][h] normed input.
+        let mut resid = be.alloc(n * h);
+        be.embed(&self.embed, &batch.tokens, &mut resid);
+        let mut normed = be.alloc(n * h);
+        let mut q = be.alloc(n * q_dim);
+        let mut k = be.alloc(n * kv_dim);
+        let mut v = be.alloc(n * kv_dim);
+        let mut attn = be.alloc(n * q_dim);
+        let mut proj = be.alloc(n * h);
+        let mut gate = be.alloc(n * ff);
+        let mut up = be.alloc(n * ff);
+
+        for (li, l) in self.layers.iter().enumerate() {
+            if li == 0 {
+                be.rms_norm(&resid, &l.attn_norm, eps, &mut normed);
+            } else {
+                // The previous layer's MLP output is in `proj`.
+                be.add_rms_norm(&mut resid, &proj, &l.attn_norm, eps, &mut normed);
+            }
+            be.matmul(&normed, &l.wq, n, &mut q);
+            be.matmul(&normed, &l.wk, n, &mut k);
+            be.matmul(&normed, &l.wv, n, &mut v);
+            if let (Some(bq), Some(bk), Some(bv)) = (&l.bq, &l.bk, &l.bv) {
+                be.add_bias(&mut q, bq);
+                be.add_bias(&mut k, bk);
+                be.add_bias(&mut v, bv);
+            }
+            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                be.head_rms_norm(&mut q, qn, eps);
+                be.head_rms_norm(&mut k, kn, eps);
+            }
+            be.rope(&mut q, &batch.positions, c.head_dim, c.rope_theta);
+            be.rope(&mut k, &batch.positions, c.head_dim, c.rope_theta);
+            be.store_kv(&mut self.kv, li, &k, &v, &slots);
+            be.attention(&q, &self.kv, li, &batch.seqs, c.num_heads, &mut attn);
+            be.matmul(&attn, &l.wo, n, &mut proj);
+            be.add_rms_norm(&mut resid, &proj, &l.ffn_norm, eps, &mut normed);
+            be.matmul(&normed, &l.w_gate, n, &mut gate);
+            be.matmul(&normed, &l.w_up, n, &mut up);
+            be.silu_mul(&mut gate, &up);
+            be.matmul(&gate, &l.w_down, n, &mut proj);
+        }
+        be.add(&mut resid, &proj);
+
+        // Only the rows that need logits go through the final norm and lm_head.
+        let m = batch.logits_rows.len();
+        if m == 0 {
+            return Ok(Vec::new());
+        }
+        let mut last = be.alloc(m * h);
+        be.gather_rows(&resid, &batch.logits_rows, h, &mut last);
+        let mut last_normed = be.alloc(m * h);
+        be.rms_norm(&last, &self.final_norm, eps, &mut last_normed);
+        let mut logits = be.alloc(m * c.vocab_size);
+        be.matmul(
+            &last_normed,
+            self.lm_head.as_ref().unwrap_or(&self.embed),
+            m,
+            &mut logits,
+        );
+        Ok(be.to_host(&logits))
+    }
+
+    fn kv_block_region(&self, block: BlockId) -> Option<(usize, usize, MemKind)> {
+        self.backend.kv_block_region(&self.kv, block)
+    }
+    fn read_kv_block(&self, block: BlockId, out: &mut [u8]) -> Result<()> {
+        self.backend.read_kv_block(&self.kv, block, out)
+    }
+    fn write_kv_block(&mut self, block: BlockId, data: &[u8]) -> Result<()> {
+        self.backend.write_kv_block(&mut self.kv, block, data)
+    }
+}

@@ -1,1 +1,218 @@
-//! CPU backend. (OWNER: engine core.)
+//! The CPU backend: activations are `Vec<f32>`, weights stay in their stored type
+//! (`QMatrix`, quantized kernels in `quant`), the KV pool is host memory
+//! (`CpuKvPool`). Row-parallel ops use rayon.
+
+pub mod attention;
+pub mod ops;
+
+use rayon::prelude::*;
+
+use super::{AttnSeq, Backend, MemKind};
+use crate::kv::pool::{CpuKvPool, KvLayout};
+use crate::quant::QMatrix;
+use crate::{BlockId, EngineError, Result};
+
+#[derive(Clone, Debug, Default)]
+pub struct CpuBackend;
+
+/// Rows per rayon task for cheap row-wise ops (keeps task overhead negligible).
+const ROWS_PER_TASK: usize = 16;
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+    type Matrix = QMatrix;
+    type Vector = Vec<f32>;
+    type Kv = CpuKvPool;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn upload_matrix(&self, m: &QMatrix) -> Result<QMatrix> {
+        Ok(m.clone())
+    }
+    fn upload_vector(&self, v: &[f32]) -> Result<Vec<f32>> {
+        Ok(v.to_vec())
+    }
+    fn alloc_kv(&self, layout: KvLayout) -> Result<CpuKvPool> {
+        Ok(CpuKvPool::new(layout))
+    }
+    fn alloc(&self, len: usize) -> Vec<f32> {
+        vec![0.0; len]
+    }
+
+    fn embed(&self, table: &QMatrix, tokens: &[u32], out: &mut Vec<f32>) {
+        let dim = table.cols;
+        for (row, &t) in out.chunks_exact_mut(dim).zip(tokens) {
+            table.dequantize_row(t as usize, row);
+        }
+    }
+
+    fn rms_norm(&self, x: &Vec<f32>, w: &Vec<f32>, eps: f32, out: &mut Vec<f32>) {
+        let dim = w.len();
+        out.par_chunks_mut(dim * ROWS_PER_TASK)
+            .zip(x.par_chunks(dim * ROWS_PER_TASK))
+            .for_each(|(o, x)| {
+                for (or, xr) in o.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+                    ops::rms_norm_row(xr, w, eps, or);
+                }
+            });
+    }
+
+    fn add_rms_norm(
+        &self,
+        residual: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        eps: f32,
+        out: &mut Vec<f32>,
+    ) {
+        let dim = w.len();
+        out.par_chunks_mut(dim * ROWS_PER_TASK)
+            .zip(residual.par_chunks_mut(dim * ROWS_PER_TASK))
+            .zip(x.par_chunks(dim * ROWS_PER_TASK))
+            .for_each(|((o, r), x)| {
+                for ((or, rr), xr) in o
+                    .chunks_exact_mut(dim)
+                    .zip(r.chunks_exact_mut(dim))
+                    .zip(x.chunks_exact(dim))
+                {
+                    for (a, b) in rr.iter_mut().zip(xr) {
+                        *a += b;
+                    }
+                    ops::rms_norm_row(rr, w, eps, or);
+                }
+            });
+    }
+
+    fn head_rms_norm(&self, x: &mut Vec<f32>, w: &Vec<f32>, eps: f32) {
+        let hd = w.len();
+        let mut tmp = vec![0f32; hd];
+        for head in x.chunks_exact_mut(hd) {
+            ops::rms_norm_row(head, w, eps, &mut tmp);
+            head.copy_from_slice(&tmp);
+        }
+    }
+
+    fn matmul(&self, x: &Vec<f32>, w: &QMatrix, n: usize, out: &mut Vec<f32>) {
+        w.matmul(x, n, out);
+    }
+
+    fn add_bias(&self, x: &mut Vec<f32>, b: &Vec<f32>) {
+        for row in x.chunks_exact_mut(b.len()) {
+            for (a, bi) in row.iter_mut().zip(b) {
+                *a += bi;
+            }
+        }
+    }
+
+    fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>) {
+        for (a, b) in x.iter_mut().zip(y) {
+            *a += b;
+        }
+    }
+
+    fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>) {
+        gate.par_chunks_mut(4096)
+            .zip(up.par_chunks(4096))
+            .for_each(|(g, u)| {
+                for (a, b) in g.iter_mut().zip(u) {
+                    *a = ops::silu(*a) * b;
+                }
+            });
+    }
+
+    fn rope(&self, x: &mut Vec<f32>, positions: &[u32], head_dim: usize, theta: f32) {
+        let rows = positions.len();
+        if rows == 0 {
+            return;
+        }
+        let dim = x.len() / rows;
+        let half = head_dim / 2;
+        let (cos, sin) = ops::rope_tables(positions, head_dim, theta);
+        for (r, row) in x.chunks_exact_mut(dim).enumerate() {
+            let (c, s) = (
+                &cos[r * half..(r + 1) * half],
+                &sin[r * half..(r + 1) * half],
+            );
+            for head in row.chunks_exact_mut(head_dim) {
+                ops::rope_head(head, c, s);
+            }
+        }
+    }
+
+    fn store_kv(
+        &self,
+        kv: &mut CpuKvPool,
+        layer: usize,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        slots: &[usize],
+    ) {
+        let l = kv.layout;
+        let kv_dim = l.kv_dim();
+        for (r, &slot) in slots.iter().enumerate() {
+            let (block, off) = (slot / l.block_size, slot % l.block_size);
+            let ko = l.slab_offset(block, layer, false) + off * kv_dim;
+            kv.data[ko..ko + kv_dim].copy_from_slice(&k[r * kv_dim..(r + 1) * kv_dim]);
+            let vo = l.slab_offset(block, layer, true) + off * kv_dim;
+            kv.data[vo..vo + kv_dim].copy_from_slice(&v[r * kv_dim..(r + 1) * kv_dim]);
+        }
+    }
+
+    fn attention(
+        &self,
+        q: &Vec<f32>,
+        kv: &CpuKvPool,
+        layer: usize,
+        seqs: &[AttnSeq],
+        n_heads: usize,
+        out: &mut Vec<f32>,
+    ) {
+        attention::paged_attention(q, kv, layer, seqs, n_heads, out);
+    }
+
+    fn gather_rows(&self, x: &Vec<f32>, rows: &[usize], dim: usize, out: &mut Vec<f32>) {
+        for (k, &r) in rows.iter().enumerate() {
+            out[k * dim..(k + 1) * dim].copy_from_slice(&x[r * dim..(r + 1) * dim]);
+        }
+    }
+
+    fn to_host(&self, x: &Vec<f32>) -> Vec<f32> {
+        x.clone()
+    }
+
+    fn kv_block_region(&self, kv: &CpuKvPool, block: BlockId) -> Option<(usize, usize, MemKind)> {
+        kv.block_region(block).map(|(a, n)| (a, n, MemKind::Host))
+    }
+
+    fn read_kv_block(&self, kv: &CpuKvPool, block: BlockId, out: &mut [u8]) -> Result<()> {
+        let src = kv
+            .block_bytes(block)
+            .ok_or_else(|| EngineError::KvTransfer(format!("block {} out of range", block.0)))?;
+        if src.len() != out.len() {
+            return Err(EngineError::KvTransfer(format!(
+                "block is {} bytes, buffer {}",
+                src.len(),
+                out.len()
+            )));
+        }
+        out.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn write_kv_block(&self, kv: &mut CpuKvPool, block: BlockId, data: &[u8]) -> Result<()> {
+        let dst = kv
+            .block_bytes_mut(block)
+            .ok_or_else(|| EngineError::KvTransfer(format!("block {} out of range", block.0)))?;
+        if dst.len() != data.len() {
+            return Err(EngineError::KvTransfer(format!(
+                "block is {} bytes, data {}",
+                dst.len(),
+                data.len()
+            )));
+        }
+        dst.copy_from_slice(data);
+        Ok(())
+    }
+}
