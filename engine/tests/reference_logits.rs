@@ -1,0 +1,76 @@
+//! The engine's logits agree with the independent f64 reference forward pass
+//! (`fixtures::reference`) for every architecture and every model form.
+
+mod common;
+
+use common::{load, Form};
+use pdserve_engine::backend::cpu::CpuBackend;
+use pdserve_engine::backend::{AttnSeq, ForwardBatch};
+use pdserve_engine::fixtures::{assert_close, reference_logits, weights_as_stored, TinyModelSpec};
+use pdserve_engine::model::{Model, ModelRunner};
+use pdserve_engine::quant::DType;
+use pdserve_engine::BlockId;
+
+/// Logits of every position of `tokens`, computed as one prefill.
+fn engine_logits(loaded: &pdserve_engine::loader::LoadedModel, tokens: &[u32]) -> Vec<f32> {
+    let bs = 4;
+    let blocks = tokens.len().div_ceil(bs);
+    let mut model = Model::new(CpuBackend, loaded.config.clone(), &loaded.weights, bs, blocks + 1).expect("model");
+    let batch = ForwardBatch {
+        tokens: tokens.to_vec(),
+        positions: (0..tokens.len() as u32).collect(),
+        seqs: vec![AttnSeq {
+            row_start: 0,
+            len: tokens.len(),
+            pos_start: 0,
+            // Deliberately non-contiguous, reversed block order: paging must not matter.
+            block_table: (0..blocks as u32).rev().map(BlockId).collect(),
+        }],
+        logits_rows: (0..tokens.len()).collect(),
+    };
+    model.forward(&batch).expect("forward")
+}
+
+fn check(spec: &TinyModelSpec, form: Form, stored: DType, tol: f64) {
+    let (_dir, loaded) = load(spec, form);
+    assert_eq!(loaded.config, spec.config(), "{form:?}: config differs");
+    let tokens = common::prompt(7, 13, spec.vocab);
+    let got = engine_logits(&loaded, &tokens);
+    let weights = weights_as_stored(&spec.weights_f32(), stored).expect("weights");
+    let want = reference_logits(&spec.config(), &weights, &tokens).expect("reference");
+    assert_close(&got, &want, tol, &format!("{:?} {form:?} logits", spec.arch));
+}
+
+#[test]
+fn f32_safetensors_matches_reference_for_every_architecture() {
+    for spec in TinyModelSpec::presets() {
+        check(&spec, Form::Hf(DType::F32), DType::F32, 1e-4);
+    }
+}
+
+#[test]
+fn f32_gguf_matches_reference_for_every_architecture() {
+    // Llama GGUFs carry permuted q/k rows; the loader must undo the permutation.
+    for spec in TinyModelSpec::presets() {
+        check(&spec, Form::Gguf(DType::F32), DType::F32, 1e-4);
+    }
+}
+
+#[test]
+fn half_precision_safetensors_match_reference() {
+    for spec in TinyModelSpec::presets() {
+        check(&spec, Form::Hf(DType::F16), DType::F16, 1e-4);
+        check(&spec, Form::Hf(DType::BF16), DType::BF16, 1e-4);
+    }
+}
+
+#[test]
+fn quantized_gguf_matches_reference_on_dequantized_weights() {
+    // Activations are quantized to 8 bits inside the quantized matmul kernels, so the
+    // tolerance is that of int8 activations, not of f32 arithmetic.
+    for spec in TinyModelSpec::presets() {
+        for dt in [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0] {
+            check(&spec, Form::Gguf(dt), dt, 5e-2);
+        }
+    }
+}
