@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use pdserve_engine::engine::{Engine, EngineRequest};
 use pdserve_engine::loader::load_model;

@@ -110,8 +110,9 @@ fn load_hf_dir(dir: &Path, name: String, opts: &LoadOptions) -> Result<LoadedMod
     let text =
         std::fs::read_to_string(&config_path).map_err(|e| EngineError::io(&config_path, e))?;
     let config = ModelConfig::from_hf_json(&text).map_err(|e| in_file(&config_path, e))?;
-    let tokenizer = Tokenizer::from_hf_dir(dir).map_err(|e| in_file(dir, e))?;
+    // Weights headers first: cheap, and a broken download fails before the tokenizer.
     let source = SafetensorsDir::open(dir)?;
+    let tokenizer = Tokenizer::from_hf_dir(dir).map_err(|e| in_file(dir, e))?;
     if opts.prefault {
         let files: Vec<(PathBuf, Arc<Mmap>)> = source.mapped_files();
         prefault::prefault(&files, opts.show_progress());
