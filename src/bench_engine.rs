@@ -203,8 +203,11 @@ fn sized_engine_config(
         let blocks_per_seq = seq_len.div_ceil(c.block_size.max(1)) + 1;
         // K and V, f32, every layer (an upper bound for narrower KV types).
         let bytes_per_token = 2 * model.num_layers * model.kv_dim() * 4;
-        let need = batch * blocks_per_seq * c.block_size * bytes_per_token;
-        c.kv_cache_bytes = c.kv_cache_bytes.max(need + need / 8);
+        let need = batch
+            .saturating_mul(blocks_per_seq)
+            .saturating_mul(c.block_size)
+            .saturating_mul(bytes_per_token);
+        c.kv_cache_bytes = c.kv_cache_bytes.max(need.saturating_add(need / 8));
     }
     c
 }

@@ -74,7 +74,7 @@ impl EngineArgs {
     pub fn engine_config(&self) -> EngineConfig {
         let mut c = EngineConfig::default();
         if let Some(mb) = self.kv_cache_mb {
-            c.kv_cache_bytes = mb << 20;
+            c.kv_cache_bytes = mb.saturating_mul(1 << 20);
         }
         if let Some(t) = self.max_batched_tokens {
             c.max_batched_tokens = t;

@@ -163,3 +163,6 @@ impl TensorSource for GgufFile {
         TensorNaming::Gguf
     }
 }
+
+#[cfg(test)]
+mod tests;
