@@ -1,0 +1,122 @@
+//! End-to-end checks of the `pdserve` binary's failure behaviour: a bad model
+//! (missing path, corrupt or truncated file) ends with exactly one `error:` line
+//! on stderr and exit status 1, never a panic. Hermetic: `--offline`, temp files.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn pdserve(args: &[&str], home: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pdserve"))
+        .args(args)
+        .env("HOME", home)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HF_HOME")
+        .env_remove("PDSERVE_MODEL")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run pdserve")
+}
+
+/// Asserts a clean one-line failure mentioning `needle`; returns the line.
+fn assert_one_line_error(out: &Output, needle: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(lines[0].contains(needle), "want `{needle}` in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    lines[0].to_string()
+}
+
+fn generate(model: &str, home: &Path) -> Output {
+    pdserve(
+        &["generate", "--offline", "--model", model, "--prompt", "hi"],
+        home,
+    )
+}
+
+#[test]
+fn missing_model_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("absent.gguf");
+    let out = generate(path.to_str().unwrap(), tmp.path());
+    let line = assert_one_line_error(&out, &path.display().to_string());
+    assert!(line.contains("no such file"), "{line}");
+}
+
+#[test]
+fn unknown_repo_id_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = generate("Org/Absent", tmp.path());
+    let line = assert_one_line_error(&out, "Org/Absent");
+    assert!(line.contains("models--Org--Absent"), "{line}");
+}
+
+#[test]
+fn default_model_absent_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = generate("default", tmp.path());
+    assert_one_line_error(&out, "SmolLM2-135M-Instruct.Q4_1.gguf");
+}
+
+#[test]
+fn corrupt_hf_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), "{ not json").unwrap();
+    let out = generate(dir.to_str().unwrap(), tmp.path());
+    assert_one_line_error(&out, &dir.join("config.json").display().to_string());
+}
+
+const TINY_CONFIG: &str = r#"{"architectures":["LlamaForCausalLM"],"vocab_size":32,
+"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,
+"num_key_value_heads":1,"max_position_embeddings":64}"#;
+
+#[test]
+fn truncated_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), TINY_CONFIG).unwrap();
+    let header = r#"{"model.norm.weight":{"dtype":"F32","shape":[8],"data_offsets":[0,32]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&[0u8; 20]); // 12 bytes short
+    let file = dir.join("model.safetensors");
+    std::fs::write(&file, bytes).unwrap();
+    let out = generate(dir.to_str().unwrap(), tmp.path());
+    let line = assert_one_line_error(&out, &file.display().to_string());
+    assert!(line.contains("truncated"), "{line}");
+}
+
+/// Needs the GGUF parser (helper A's `GgufFile::open`).
+#[test]
+fn truncated_and_corrupt_gguf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let garbage = tmp.path().join("garbage.gguf");
+    std::fs::write(&garbage, b"this is not a gguf file at all").unwrap();
+    assert_one_line_error(
+        &generate(garbage.to_str().unwrap(), tmp.path()),
+        "garbage.gguf",
+    );
+
+    let truncated = tmp.path().join("truncated.gguf");
+    // Magic, version 3, then the file ends inside the tensor count.
+    std::fs::write(&truncated, b"GGUF\x03\x00\x00\x00\x05\x00").unwrap();
+    assert_one_line_error(
+        &generate(truncated.to_str().unwrap(), tmp.path()),
+        "truncated.gguf",
+    );
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = pdserve(&["generate"], tmp.path());
+    assert_eq!(out.status.code(), Some(2));
+    let out = pdserve(&["serve"], tmp.path());
+    assert_eq!(out.status.code(), Some(2));
+}
