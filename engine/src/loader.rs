@@ -126,14 +126,9 @@ fn load_hf_dir(dir: &Path, name: String, opts: &LoadOptions) -> Result<LoadedMod
     })
 }
 
-/// SWITCH POINT: builds weights from a source. Calls the lead's
-/// `ModelWeights::load(&config, source)` (model/weights.rs) once it is merged;
-/// until then, loading stops here with a clear error.
+/// Builds the host weights (shape-checked; llama GGUF q/k un-permuted).
 fn build_weights(config: &ModelConfig, source: &dyn TensorSource) -> Result<ModelWeights> {
-    let _ = (config, source.naming());
-    Err(EngineError::Config(
-        "building weights needs ModelWeights::load (not in this build yet)".into(),
-    ))
+    ModelWeights::load(config, source)
 }
 
 /// Gives a path to errors that lack one, so every loading error reads
