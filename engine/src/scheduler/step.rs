@@ -9,7 +9,8 @@
 //!    sequence not scheduled yet this step — possibly itself — until it fits;
 //! 3. if nothing was preempted, waiting sequences are admitted FCFS (prefix-cache hit
 //!    reused) while a slot, budget and blocks remain; admission never preempts, and
-//!    the first waiting sequence that does not fit stops admission (no overtaking).
+//!    the first waiting sequence that does not fit stops admission (no overtaking;
+//!    only sequences past `max_seq_len`, reported as capped, are skipped).
 //!
 //! Invariants of the output: at most one chunk per sequence, the chunks' tokens sum
 //! to at most `max_batched_tokens`, at most `max_num_seqs` chunks, and every chunk's
