@@ -302,7 +302,7 @@ impl Engine {
             .seqs
             .get_mut(&id)
             .ok_or(EngineError::UnknownSequence(id))?;
-        st.sampler.record(first.token);
+        st.sampler.record_token(first.token);
         let out = self.emit(id, first);
         if out.finish.is_some() {
             self.end(id);
@@ -328,6 +328,12 @@ impl Engine {
     /// Runs one scheduler step (one forward pass over the batch).
     pub fn step(&mut self) -> Result<Vec<SeqOutput>> {
         let plan = self.scheduler.schedule();
+        for id in &plan.capped {
+            // `emit` finishes sequences at `max_seq_len`; reaching here means a
+            // sequence outgrew the pool some other way. Free it rather than spin.
+            tracing::warn!(seq = %id, "sequence exceeds the KV pool's capacity; aborting");
+            self.abort(*id);
+        }
         if plan.chunks.is_empty() {
             return Ok(Vec::new());
         }
@@ -411,7 +417,8 @@ impl Engine {
                 stopped_by_string = true;
             }
         }
-        let out_of_room = st.generated >= st.params.max_tokens || total_len >= self.max_model_len;
+        let out_of_room =
+            st.generated >= st.params.max_tokens || total_len >= self.scheduler.max_seq_len();
         if finish.is_none() && (out_of_room || st.prefill_only) {
             finish = Some(FinishReason::Length);
         }
