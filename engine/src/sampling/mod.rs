@@ -3,7 +3,7 @@
 //!
 //! OWNER: helper D. The public API of this file is fixed; the work is split into
 //! [`processors`] (penalties, masking), [`truncation`] (temperature, top-k/p, min-p and
-//! the draw), [`select`] (partial top-N selection), [`rng`] (the seeded generator),
+//! the draw), [`fastmath`] (vectorisable exp), [`select`] (partial top-N selection), [`rng`] (the seeded generator),
 //! [`validate`] (request checks) and [`stop`] (stop strings over streamed text).
 //!
 //! # Order of operations in [`SequenceSampler::sample`] (vLLM-like)
@@ -36,6 +36,7 @@
 //! consumes exactly one 64-bit draw and greedy calls consume none, so a sequence's
 //! tokens depend only on its seed and its logits, never on its batch-mates.
 
+pub mod fastmath;
 pub mod processors;
 pub mod rng;
 pub mod select;
@@ -165,8 +166,8 @@ impl SequenceSampler {
         stop_ids.sort_unstable();
         stop_ids.dedup();
         let seed = params.seed.unwrap_or_else(rng::fresh_seed);
-        let seen = (params.repetition_penalty != 1.0)
-            .then(|| prompt_tokens.iter().copied().collect());
+        let seen =
+            (params.repetition_penalty != 1.0).then(|| prompt_tokens.iter().copied().collect());
         SequenceSampler {
             temperature: params.temperature,
             top_k: params.top_k,
@@ -194,11 +195,14 @@ impl SequenceSampler {
     /// with logprob [`MIN_LOGPROB`]; a real model never produces one.
     pub fn sample(&mut self, logits: &mut [f32]) -> SampledToken {
         self.process(logits);
-        let greedy = self.temperature == 0.0;
+        let greedy = self.is_greedy();
         let u = if greedy { 0.0 } else { self.rng.next_f64() };
         let best = processors::sanitize_argmax(logits);
         let Some((argmax, max)) = best else {
-            tracing::warn!(vocab = logits.len(), "no selectable logit; emitting token 0");
+            tracing::warn!(
+                vocab = logits.len(),
+                "no selectable logit; emitting token 0"
+            );
             self.record(0);
             return SampledToken {
                 token: 0,
@@ -247,6 +251,12 @@ impl SequenceSampler {
         }
     }
 
+    /// Temperature 0 means greedy; so does any value `validate` would reject (negative,
+    /// NaN, infinite), so an unvalidated request cannot produce NaN weights.
+    fn is_greedy(&self) -> bool {
+        !(self.temperature > 0.0 && self.temperature.is_finite())
+    }
+
     /// Steps 1–3 of the module docs: penalties and the min_tokens mask.
     fn process(&self, logits: &mut [f32]) {
         if let Some(seen) = &self.seen {
@@ -275,7 +285,7 @@ impl SequenceSampler {
     /// node) and advances the generator as `sample` would have, so that afterwards this
     /// sampler is in exactly the state of one that sampled `token` itself.
     pub fn record_token(&mut self, token: u32) {
-        if self.temperature != 0.0 {
+        if !self.is_greedy() {
             self.rng.next_u64();
         }
         self.record(token);

@@ -55,34 +55,33 @@ pub fn mask(logits: &mut [f32], ids: &[u32]) {
 /// the selectable entries (ties go to the lowest id), or `None` when every entry is
 /// `-inf`/NaN or the row is empty.
 pub fn sanitize_argmax(logits: &mut [f32]) -> Option<(u32, f32)> {
-    let mut best: Option<(u32, f32)> = None;
-    for (i, x) in logits.iter_mut().enumerate() {
-        if x.is_nan() {
-            *x = f32::NEG_INFINITY;
-            continue;
-        }
-        if *x == f32::INFINITY {
-            *x = f32::MAX;
-        }
-        if *x == f32::NEG_INFINITY {
-            continue;
-        }
-        match best {
-            Some((_, m)) if *x <= m => {}
-            _ => best = Some((i as u32, *x)),
+    // Branch-free passes that vectorise: clean up, lane-wise max, then the first
+    // position holding the max.
+    for x in logits.iter_mut() {
+        *x = if x.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            x.min(f32::MAX)
+        };
+    }
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    for chunk in logits.chunks(8) {
+        for (m, &x) in lanes.iter_mut().zip(chunk) {
+            *m = if x > *m { x } else { *m };
         }
     }
-    best
+    let max = lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    if max == f32::NEG_INFINITY {
+        return None;
+    }
+    let at = logits.iter().position(|&x| x == max)?;
+    Some((at as u32, max))
 }
 
 /// `ln(sum(exp(logits)))` given the row's maximum `max` (finite, from
 /// `sanitize_argmax`), accumulated in f64.
 pub fn log_sum_exp(logits: &[f32], max: f32) -> f32 {
-    let sum: f64 = logits
-        .iter()
-        .map(|&x| f64::from((x - max).exp()))
-        .sum::<f64>();
-    max + sum.ln() as f32
+    max + super::fastmath::sum_exp_shifted(logits, max, 1.0).ln() as f32
 }
 
 #[cfg(test)]

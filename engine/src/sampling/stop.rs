@@ -162,7 +162,10 @@ mod tests {
     #[test]
     fn stop_string_spanning_many_deltas() {
         let s = stops(&["<|end|>"]);
-        assert_eq!(run(&s, &["ab", "<", "|", "e", "n", "d", "|", ">tail"]), ("ab".into(), true));
+        assert_eq!(
+            run(&s, &["ab", "<", "|", "e", "n", "d", "|", ">tail"]),
+            ("ab".into(), true)
+        );
     }
 
     #[test]

@@ -74,7 +74,11 @@ fn degenerate_rows_do_not_panic() {
 #[test]
 fn seeded_runs_are_reproducible_and_independent_of_batch_mates() {
     let rows: Vec<Vec<f32>> = (0..50)
-        .map(|i| (0..32).map(|j| ((i * 7 + j * 13) % 11) as f32 * 0.3).collect())
+        .map(|i| {
+            (0..32)
+                .map(|j| ((i * 7 + j * 13) % 11) as f32 * 0.3)
+                .collect()
+        })
         .collect();
     let p = SamplingParams {
         temperature: 1.0,
@@ -85,13 +89,29 @@ fn seeded_runs_are_reproducible_and_independent_of_batch_mates() {
     };
     let alone: Vec<u32> = {
         let mut s = SequenceSampler::new(&p, &[], &[]);
-        rows.iter().map(|r| s.sample(&mut r.clone()).token).collect()
+        rows.iter()
+            .map(|r| s.sample(&mut r.clone()).token)
+            .collect()
     };
     // Interleave with other samplers, one of them with the same seed, plus a greedy one.
     let mut s = SequenceSampler::new(&p, &[], &[]);
     let mut twin = SequenceSampler::new(&p, &[], &[]);
-    let mut other = SequenceSampler::new(&SamplingParams { seed: Some(7), ..p.clone() }, &[], &[]);
-    let mut unseeded = SequenceSampler::new(&SamplingParams { seed: None, ..p.clone() }, &[], &[]);
+    let mut other = SequenceSampler::new(
+        &SamplingParams {
+            seed: Some(7),
+            ..p.clone()
+        },
+        &[],
+        &[],
+    );
+    let mut unseeded = SequenceSampler::new(
+        &SamplingParams {
+            seed: None,
+            ..p.clone()
+        },
+        &[],
+        &[],
+    );
     let mut mixed = Vec::new();
     let mut twin_out = Vec::new();
     for (i, r) in rows.iter().enumerate() {
@@ -105,8 +125,18 @@ fn seeded_runs_are_reproducible_and_independent_of_batch_mates() {
     assert_eq!(alone, mixed);
     assert_eq!(alone, twin_out);
     // and a different seed gives a different stream
-    let mut d = SequenceSampler::new(&SamplingParams { seed: Some(100), ..p }, &[], &[]);
-    let diff: Vec<u32> = rows.iter().map(|r| d.sample(&mut r.clone()).token).collect();
+    let mut d = SequenceSampler::new(
+        &SamplingParams {
+            seed: Some(100),
+            ..p
+        },
+        &[],
+        &[],
+    );
+    let diff: Vec<u32> = rows
+        .iter()
+        .map(|r| d.sample(&mut r.clone()).token)
+        .collect();
     assert_ne!(alone, diff);
 }
 
@@ -124,10 +154,16 @@ fn record_token_reproduces_the_state_of_sampling_it() {
         .map(|i| (0..16).map(|j| ((i + j * 5) % 7) as f32 * 0.4).collect())
         .collect();
     let mut agg = SequenceSampler::new(&p, &[1, 2, 3], &[]);
-    let agg_out: Vec<u32> = rows.iter().map(|r| agg.sample(&mut r.clone()).token).collect();
+    let agg_out: Vec<u32> = rows
+        .iter()
+        .map(|r| agg.sample(&mut r.clone()).token)
+        .collect();
     let mut decode = SequenceSampler::new(&p, &[1, 2, 3], &[]);
     decode.record_token(agg_out[0]);
-    let rest: Vec<u32> = rows[1..].iter().map(|r| decode.sample(&mut r.clone()).token).collect();
+    let rest: Vec<u32> = rows[1..]
+        .iter()
+        .map(|r| decode.sample(&mut r.clone()).token)
+        .collect();
     assert_eq!(&agg_out[1..], &rest[..]);
     assert_eq!(decode.num_generated(), agg.num_generated());
 }
@@ -147,16 +183,77 @@ fn temperature_sampling_matches_softmax_frequencies() {
 fn truncated_sampling_matches_renormalised_frequencies() {
     let logits = [1.0f32, 2.0, 0.5, -1.0, 1.5, 0.0];
     // top_k = 3 keeps ids 1, 4, 0
-    let p = SamplingParams { top_k: 3, ..params(1.0) };
+    let p = SamplingParams {
+        top_k: 3,
+        ..params(1.0)
+    };
     let c = counts(&p, &logits, 20_000);
-    let mut probs = softmax(&[1.0, 2.0, f32::NEG_INFINITY, f32::NEG_INFINITY, 1.5, f32::NEG_INFINITY], 1.0);
+    let mut probs = softmax(
+        &[
+            1.0,
+            2.0,
+            f32::NEG_INFINITY,
+            f32::NEG_INFINITY,
+            1.5,
+            f32::NEG_INFINITY,
+        ],
+        1.0,
+    );
     assert!(chi_square(&c, &probs) < 13.82, "{c:?}"); // df 2, p = 0.001
     assert_eq!(c[2] + c[3] + c[5], 0);
     // min_p = 0.5: keeps p >= 0.5 * p_max, i.e. logit >= 2 - ln 2 = 1.307: ids 1 and 4
-    let p = SamplingParams { min_p: 0.5, ..params(1.0) };
+    let p = SamplingParams {
+        min_p: 0.5,
+        ..params(1.0)
+    };
     let c = counts(&p, &logits, 20_000);
-    probs = softmax(&[f32::NEG_INFINITY, 2.0, f32::NEG_INFINITY, f32::NEG_INFINITY, 1.5, f32::NEG_INFINITY], 1.0);
+    probs = softmax(
+        &[
+            f32::NEG_INFINITY,
+            2.0,
+            f32::NEG_INFINITY,
+            f32::NEG_INFINITY,
+            1.5,
+            f32::NEG_INFINITY,
+        ],
+        1.0,
+    );
     assert!(chi_square(&c, &probs) < 10.83, "{c:?}"); // df 1
+}
+
+#[test]
+fn top_p_matches_renormalised_frequencies() {
+    // softmax: id1 .420, id4 .255, id0 .154, id2 .094, id5 .057, id3 .021
+    let logits = [1.0f32, 2.0, 0.5, -1.0, 1.5, 0.0];
+    let ninf = f32::NEG_INFINITY;
+    // 0.8 needs ids 1, 4, 0 (cumulative .829); with top_k = 5 the same three
+    for p in [
+        SamplingParams {
+            top_p: 0.8,
+            ..params(1.0)
+        },
+        SamplingParams {
+            top_p: 0.8,
+            top_k: 5,
+            ..params(1.0)
+        },
+    ] {
+        let c = counts(&p, &logits, 20_000);
+        let probs = softmax(&[1.0, 2.0, ninf, ninf, 1.5, ninf], 1.0);
+        assert_eq!(c[2] + c[3] + c[5], 0, "{c:?}");
+        assert!(chi_square(&c, &probs) < 13.82, "{c:?}"); // df 2, p = 0.001
+    }
+}
+
+#[test]
+fn invalid_temperatures_fall_back_to_greedy() {
+    for t in [-1.0f32, f32::NAN, f32::INFINITY] {
+        let mut s = SequenceSampler::new(&params(t), &[], &[]);
+        let c: Vec<u32> = (0..20)
+            .map(|_| s.sample(&mut vec![0.1, 0.3, 0.2]).token)
+            .collect();
+        assert!(c.iter().all(|&t| t == 1), "{t}: {c:?}");
+    }
 }
 
 #[test]
@@ -172,7 +269,10 @@ fn top_p_keeps_the_smallest_nucleus_over_a_large_vocab() {
     let probs = softmax(&logits, 1.0);
     let fav_mass: f64 = fav.iter().map(|&(i, _)| probs[i]).sum();
     assert!(fav_mass > 0.3 && fav_mass < 0.9);
-    let p = SamplingParams { top_p: 0.9, ..params(1.0) };
+    let p = SamplingParams {
+        top_p: 0.9,
+        ..params(1.0)
+    };
     let mut s = SequenceSampler::new(&p, &[], &[]);
     // nucleus = favourites + the lowest-id flat tokens needed to reach 0.9
     let flat_p = probs[0];
@@ -184,7 +284,10 @@ fn top_p_keeps_the_smallest_nucleus_over_a_large_vocab() {
             seen_flat = true;
             // flat tokens are ordered by id; a few extra allowed for rounding
             let rank = t - fav.iter().filter(|&&(i, _)| i < t).count();
-            assert!(rank <= need + 2, "token {t} rank {rank} beyond nucleus {need}");
+            assert!(
+                rank <= need + 2,
+                "token {t} rank {rank} beyond nucleus {need}"
+            );
         }
     }
     assert!(seen_flat);
@@ -194,10 +297,23 @@ fn top_p_keeps_the_smallest_nucleus_over_a_large_vocab() {
 fn tight_truncation_settings_reduce_to_argmax() {
     let logits = [0.3f32, 1.2, 1.1, -0.4];
     for p in [
-        SamplingParams { top_k: 1, ..params(1.0) },
-        SamplingParams { top_p: 1e-6, ..params(1.0) },
-        SamplingParams { min_p: 1.0, ..params(1.0) },
-        SamplingParams { top_k: 3, top_p: 0.01, ..params(5.0) },
+        SamplingParams {
+            top_k: 1,
+            ..params(1.0)
+        },
+        SamplingParams {
+            top_p: 1e-6,
+            ..params(1.0)
+        },
+        SamplingParams {
+            min_p: 1.0,
+            ..params(1.0)
+        },
+        SamplingParams {
+            top_k: 3,
+            top_p: 0.01,
+            ..params(5.0)
+        },
     ] {
         let c = counts(&p, &logits, 200);
         assert_eq!(c[1], 200, "{p:?}");
@@ -315,7 +431,14 @@ fn stop_token_rules() {
     let s = SequenceSampler::new(&p, &[], &[2, 3]);
     assert!(s.is_stop_token(2) && s.is_stop_token(3) && s.is_stop_token(7));
     assert!(!s.is_stop_token(0));
-    let s = SequenceSampler::new(&SamplingParams { ignore_eos: true, ..p.clone() }, &[], &[2]);
+    let s = SequenceSampler::new(
+        &SamplingParams {
+            ignore_eos: true,
+            ..p.clone()
+        },
+        &[],
+        &[2],
+    );
     assert!(!s.is_stop_token(2) && s.is_stop_token(7));
     // min_tokens counts generated tokens, recorded ones included
     let mut s = SequenceSampler::new(&SamplingParams { min_tokens: 1, ..p }, &[], &[2]);
@@ -326,7 +449,10 @@ fn stop_token_rules() {
 
 #[test]
 fn unseeded_samplers_get_distinct_seeds() {
-    let p = SamplingParams { temperature: 1.0, ..Default::default() };
+    let p = SamplingParams {
+        temperature: 1.0,
+        ..Default::default()
+    };
     let a = SequenceSampler::new(&p, &[], &[]);
     let b = SequenceSampler::new(&p, &[], &[]);
     assert_ne!(a.seed(), b.seed());
@@ -340,7 +466,11 @@ fn allowed(logits: &[f32], p: &SamplingParams) -> Vec<bool> {
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].partial_cmp(&logits[a]).unwrap().then(a.cmp(&b)));
     let mut ok = vec![false; logits.len()];
-    let k = if p.top_k == 0 { logits.len() } else { p.top_k.min(logits.len()) };
+    let k = if p.top_k == 0 {
+        logits.len()
+    } else {
+        p.top_k.min(logits.len())
+    };
     let kept_mass: f64 = order[..k].iter().map(|&i| probs[i]).sum();
     let pmax = probs[order[0]];
     let mut acc = 0.0;

@@ -49,7 +49,10 @@ pub fn check(p: &SamplingParams) -> Result<()> {
         }
     }
     if p.max_tokens < 1 {
-        return Err(bad(format!("max_tokens must be >= 1, got {}", p.max_tokens)));
+        return Err(bad(format!(
+            "max_tokens must be >= 1, got {}",
+            p.max_tokens
+        )));
     }
     if p.min_tokens > p.max_tokens {
         return Err(bad(format!(
@@ -110,35 +113,141 @@ mod tests {
     fn each_bad_field_is_named_with_its_value() {
         let d = SamplingParams::default;
         let cases: Vec<(SamplingParams, &str, &str)> = vec![
-            (SamplingParams { temperature: -0.1, ..d() }, "temperature", "-0.1"),
-            (SamplingParams { temperature: f32::NAN, ..d() }, "temperature", "NaN"),
-            (SamplingParams { temperature: f32::INFINITY, ..d() }, "temperature", "inf"),
+            (
+                SamplingParams {
+                    temperature: -0.1,
+                    ..d()
+                },
+                "temperature",
+                "-0.1",
+            ),
+            (
+                SamplingParams {
+                    temperature: f32::NAN,
+                    ..d()
+                },
+                "temperature",
+                "NaN",
+            ),
+            (
+                SamplingParams {
+                    temperature: f32::INFINITY,
+                    ..d()
+                },
+                "temperature",
+                "inf",
+            ),
             (SamplingParams { top_p: 0.0, ..d() }, "top_p", "0"),
             (SamplingParams { top_p: 1.01, ..d() }, "top_p", "1.01"),
-            (SamplingParams { top_p: f32::NAN, ..d() }, "top_p", "NaN"),
+            (
+                SamplingParams {
+                    top_p: f32::NAN,
+                    ..d()
+                },
+                "top_p",
+                "NaN",
+            ),
             (SamplingParams { min_p: -0.5, ..d() }, "min_p", "-0.5"),
             (SamplingParams { min_p: 1.5, ..d() }, "min_p", "1.5"),
-            (SamplingParams { repetition_penalty: 0.0, ..d() }, "repetition_penalty", "0"),
-            (SamplingParams { repetition_penalty: f32::NAN, ..d() }, "repetition_penalty", "NaN"),
-            (SamplingParams { presence_penalty: 2.5, ..d() }, "presence_penalty", "2.5"),
-            (SamplingParams { frequency_penalty: -3.0, ..d() }, "frequency_penalty", "-3"),
-            (SamplingParams { frequency_penalty: f32::NAN, ..d() }, "frequency_penalty", "NaN"),
-            (SamplingParams { max_tokens: 0, ..d() }, "max_tokens", "0"),
-            (SamplingParams { min_tokens: 5, max_tokens: 4, ..d() }, "min_tokens", "5"),
-            (SamplingParams { logprobs: Some(21), ..d() }, "logprobs", "21"),
-            (SamplingParams { stop: vec!["a".into(); 17], ..d() }, "stop", "17"),
-            (SamplingParams { stop: vec!["a".into(), String::new()], ..d() }, "stop[1]", "empty"),
+            (
+                SamplingParams {
+                    repetition_penalty: 0.0,
+                    ..d()
+                },
+                "repetition_penalty",
+                "0",
+            ),
+            (
+                SamplingParams {
+                    repetition_penalty: f32::NAN,
+                    ..d()
+                },
+                "repetition_penalty",
+                "NaN",
+            ),
+            (
+                SamplingParams {
+                    presence_penalty: 2.5,
+                    ..d()
+                },
+                "presence_penalty",
+                "2.5",
+            ),
+            (
+                SamplingParams {
+                    frequency_penalty: -3.0,
+                    ..d()
+                },
+                "frequency_penalty",
+                "-3",
+            ),
+            (
+                SamplingParams {
+                    frequency_penalty: f32::NAN,
+                    ..d()
+                },
+                "frequency_penalty",
+                "NaN",
+            ),
+            (
+                SamplingParams {
+                    max_tokens: 0,
+                    ..d()
+                },
+                "max_tokens",
+                "0",
+            ),
+            (
+                SamplingParams {
+                    min_tokens: 5,
+                    max_tokens: 4,
+                    ..d()
+                },
+                "min_tokens",
+                "5",
+            ),
+            (
+                SamplingParams {
+                    logprobs: Some(21),
+                    ..d()
+                },
+                "logprobs",
+                "21",
+            ),
+            (
+                SamplingParams {
+                    stop: vec!["a".into(); 17],
+                    ..d()
+                },
+                "stop",
+                "17",
+            ),
+            (
+                SamplingParams {
+                    stop: vec!["a".into(), String::new()],
+                    ..d()
+                },
+                "stop[1]",
+                "empty",
+            ),
         ];
         for (p, field, value) in cases {
             let m = err_of(p);
-            assert!(m.contains(field) && m.contains(value), "{field}/{value}: {m}");
+            assert!(
+                m.contains(field) && m.contains(value),
+                "{field}/{value}: {m}"
+            );
         }
     }
 
     #[test]
     fn top_k_any_value_is_accepted() {
         for k in [0, 1, usize::MAX] {
-            assert!(check(&SamplingParams { top_k: k, ..Default::default() }).is_ok());
+            assert!(check(&SamplingParams {
+                top_k: k,
+                ..Default::default()
+            })
+            .is_ok());
         }
     }
 }
