@@ -250,7 +250,7 @@ fn invalid_temperatures_fall_back_to_greedy() {
     for t in [-1.0f32, f32::NAN, f32::INFINITY] {
         let mut s = SequenceSampler::new(&params(t), &[], &[]);
         let c: Vec<u32> = (0..20)
-            .map(|_| s.sample(&mut vec![0.1, 0.3, 0.2]).token)
+            .map(|_| s.sample(&mut [0.1, 0.3, 0.2]).token)
             .collect();
         assert!(c.iter().all(|&t| t == 1), "{t}: {c:?}");
     }
