@@ -147,7 +147,7 @@ impl GgufWriter {
             )));
         }
         let (block_len, block_bytes) = ggml_block_size(dtype);
-        if shape[0] % block_len as u64 != 0 {
+        if !shape[0].is_multiple_of(block_len as u64) {
             return Err(invalid(format!(
                 "tensor `{name}`: row length {} is not a multiple of the {:?} block ({block_len})",
                 shape[0], dtype
