@@ -78,10 +78,10 @@ impl ChatTemplate {
         let msgs: Vec<Value> = messages
             .iter()
             .map(|m| {
-                Value::from_iter([
-                    ("role", Value::from(m.role.as_str())),
-                    ("content", Value::from(m.content.as_str())),
-                ])
+                let mut map = BTreeMap::new();
+                map.insert("role", Value::from(m.role.as_str()));
+                map.insert("content", Value::from(m.content.as_str()));
+                Value::from(map)
             })
             .collect();
         ctx.insert("messages".into(), Value::from(msgs));
@@ -243,7 +243,11 @@ pub(crate) fn strftime(fmt: &str, unix_secs: i64) -> String {
 
 /// `tojson` as transformers defines it: `json.dumps(x, ensure_ascii=False,
 /// indent=indent)`.
-fn tojson(value: &Value, indent: Option<usize>, kwargs: Kwargs) -> std::result::Result<Value, Error> {
+fn tojson(
+    value: &Value,
+    indent: Option<usize>,
+    kwargs: Kwargs,
+) -> std::result::Result<Value, Error> {
     let indent = match kwargs.get::<Option<usize>>("indent")? {
         Some(i) => Some(i),
         None => indent,
@@ -264,7 +268,10 @@ fn write_json(
     depth: usize,
 ) -> std::result::Result<(), Error> {
     if depth > MAX_DEPTH {
-        return Err(Error::new(ErrorKind::InvalidOperation, "tojson: value nested too deeply"));
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "tojson: value nested too deeply",
+        ));
     }
     let newline = |out: &mut String, level: usize| {
         if let Some(n) = indent {

@@ -65,7 +65,8 @@ impl IncrementalDecoder {
     pub fn push(&mut self, tokenizer: &Tokenizer, token: u32) -> Result<String> {
         self.ids.push(token);
         let skip = self.skip_special_tokens;
-        let prefix_text = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], skip)?;
+        let prefix_text =
+            tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], skip)?;
         let new_text = tokenizer.decode(&self.ids[self.prefix_offset..], skip)?;
         let held = self.ids.len() - self.read_offset;
         let complete = new_text.len() > prefix_text.len() && !new_text.ends_with('\u{FFFD}');

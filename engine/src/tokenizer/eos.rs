@@ -15,13 +15,13 @@ use std::collections::HashSet;
 
 /// Markers that end an assistant turn in common chat formats.
 const END_OF_TURN: &[&str] = &[
-    "<|im_end|>",           // ChatML (Qwen, SmolLM, Hermes, ...)
-    "<|eot_id|>",           // Llama 3
-    "<|eom_id|>",           // Llama 3.1 (end of message before a tool result)
-    "<end_of_turn>",        // Gemma
-    "<|end|>",              // Phi-3
+    "<|im_end|>",            // ChatML (Qwen, SmolLM, Hermes, ...)
+    "<|eot_id|>",            // Llama 3
+    "<|eom_id|>",            // Llama 3.1 (end of message before a tool result)
+    "<end_of_turn>",         // Gemma
+    "<|end|>",               // Phi-3
     "<|END_OF_TURN_TOKEN|>", // Command-R
-    "<|return|>",           // gpt-oss (harmony)
+    "<|return|>",            // gpt-oss (harmony)
 ];
 
 /// Markers that end a whole document.
@@ -41,9 +41,9 @@ pub(super) fn collect(tok: &tokenizers::Tokenizer, found: &[u32]) -> Vec<u32> {
     for &id in found {
         push(id, &mut out);
     }
+    let added = tok.get_added_tokens_decoder();
     let special_id = |name: &str| -> Option<u32> {
         let id = tok.token_to_id(name)?;
-        let added = tok.get_added_tokens_decoder();
         added.get(&id).filter(|t| t.special).map(|_| id)
     };
     let mut has_turn_marker = false;

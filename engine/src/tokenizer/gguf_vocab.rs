@@ -75,7 +75,12 @@ impl<'a> GgufVocab<'a> {
         if id < self.tokens.len() as u64 {
             Some(id as u32)
         } else {
-            tracing::warn!(key, id, n_tokens = self.tokens.len(), "ignoring out-of-range GGUF token id");
+            tracing::warn!(
+                key,
+                id,
+                n_tokens = self.tokens.len(),
+                "ignoring out-of-range GGUF token id"
+            );
             None
         }
     }
@@ -151,7 +156,11 @@ pub(super) fn load(meta: &GgufMetadata) -> Result<Parts> {
         .unwrap_or(add_bos_default);
     let add_eos = vocab.flag("tokenizer.ggml.add_eos_token").unwrap_or(false);
     let bos = if add_bos { bos_id } else { None };
-    let eos = if add_eos { eos_ids.first().copied() } else { None };
+    let eos = if add_eos {
+        eos_ids.first().copied()
+    } else {
+        None
+    };
     if bos.is_some() || eos.is_some() {
         tok.with_post_processor(Some(post_processor(&vocab, bos, eos)?));
     }
@@ -191,7 +200,10 @@ fn build_gpt2(vocab: &GgufVocab<'_>) -> Result<(tokenizers::Tokenizer, bool)> {
         .unwrap_or("default");
     let spec = pretok::spec_for(pre_name);
     if !spec.known {
-        tracing::warn!(pre = pre_name, "unknown tokenizer.ggml.pre; using llama.cpp's default pre-tokenizer");
+        tracing::warn!(
+            pre = pre_name,
+            "unknown tokenizer.ggml.pre; using llama.cpp's default pre-tokenizer"
+        );
     }
     let bpe = tokenizers::models::bpe::BPE::builder()
         .vocab_and_merges(vocab.vocab_map(), merges)

@@ -42,9 +42,8 @@ pub(super) fn load(dir: &Path) -> Result<Parts> {
     let ensure_bos = cfg_get("add_bos_token").and_then(Value::as_bool) == Some(true);
 
     let mut chat_template = match cfg_get("chat_template") {
-        Some(v) => template_from_config(v).map_err(|reason| {
-            EngineError::bad_file(dir.join("tokenizer_config.json"), reason)
-        })?,
+        Some(v) => template_from_config(v)
+            .map_err(|reason| EngineError::bad_file(dir.join("tokenizer_config.json"), reason))?,
         None => None,
     };
     let jinja_path = dir.join("chat_template.jinja");

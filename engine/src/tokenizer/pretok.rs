@@ -18,8 +18,7 @@ use tokenizers::PreTokenizerWrapper;
 use crate::{EngineError, Result};
 
 /// GPT-2's regex (HF `ByteLevel(use_regex = true)`).
-const GPT2: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 /// Llama 3 / tiktoken cl100k style: case-insensitive contractions, digit runs ≤ 3.
 const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2/2.5/3: as Llama 3 but single digits.
@@ -51,8 +50,8 @@ pub(super) fn spec_for(pre: &str) -> PreSpec {
         known: true,
     };
     match pre {
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
-        | "midm-2.0" | "lfm2" => spec(vec![LLAMA3], true, true),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" => spec(vec![LLAMA3], true, true),
         "dbrx" | "smaug-bpe" | "glm4" | "chatglm-bpe" => spec(vec![LLAMA3], false, false),
         "qwen2" | "deepseek-r1-qwen" | "kormo" | "stablelm2" | "megrez" | "hunyuan" => {
             spec(vec![QWEN2], false, false)
@@ -62,8 +61,9 @@ pub(super) fn spec_for(pre: &str) -> PreSpec {
         | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" | "trillion" | "granite-docling" => {
             spec(vec![GPT2], false, false)
         }
-        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
-        | "minerva-7b" => spec(vec![DIGIT, GPT2], false, false),
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
+            spec(vec![DIGIT, GPT2], false, false)
+        }
         "falcon" => spec(
             vec![r"[\p{P}\$\+<=>\^~\|`]+", GPT2, "[0-9][0-9][0-9]"],
             false,
@@ -82,12 +82,7 @@ pub(super) fn spec_for(pre: &str) -> PreSpec {
 /// llama.cpp's "default" list.
 fn default_spec() -> PreSpec {
     PreSpec {
-        regexes: vec![
-            r"[\p{P}\$\+<=>\^~\|]+",
-            GPT2,
-            r"\p{N}+",
-            "[0-9][0-9][0-9]",
-        ],
+        regexes: vec![r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"],
         ignore_merges: false,
         add_bos_default: false,
         known: true,

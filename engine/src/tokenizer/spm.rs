@@ -4,7 +4,7 @@
 //! highest score. The `tokenizers` BPE model applies merges by rank instead, so the
 //! merge list is derived from the vocabulary: every split of a normal token into two
 //! normal tokens is a merge, ranked by the merged token's score (highest first).
-//! Spaces become `▁` (with one prepended to the first piece when
+//! Spaces become `▁` (with one prepended to every text segment when
 //! `tokenizer.ggml.add_space_prefix`, default true); characters not in the
 //! vocabulary fall back to `<0xNN>` byte tokens; decoding reverses both and drops the
 //! prepended space.
@@ -79,14 +79,18 @@ pub(super) fn build(vocab: &GgufVocab<'_>) -> Result<tokenizers::Tokenizer> {
         .flag("tokenizer.ggml.add_space_prefix")
         .unwrap_or(true);
     let mut tok = tokenizers::Tokenizer::new(bpe);
-    let pre: tokenizers::PreTokenizerWrapper = serde_json::from_value(json!({
-        "type": "Metaspace",
-        "replacement": "▁",
-        "prepend_scheme": if add_space_prefix { "first" } else { "never" },
-        "split": false
-    }))
-    .map_err(|e| err(format!("cannot build pre-tokenizer: {e}")))?;
-    tok.with_pre_tokenizer(Some(pre));
+    // Every text segment (also one that follows a special token) gets a leading
+    // space when `add_space_prefix`, as llama.cpp and legacy HF Llama do.
+    let mut norm_steps = Vec::new();
+    if add_space_prefix {
+        norm_steps.push(json!({"type": "Prepend", "prepend": "▁"}));
+    }
+    norm_steps.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}));
+    let normalizer: tokenizers::NormalizerWrapper =
+        serde_json::from_value(json!({"type": "Sequence", "normalizers": norm_steps}))
+            .map_err(|e| err(format!("cannot build normalizer: {e}")))?;
+    tok.with_normalizer(Some(normalizer))
+        .map_err(|e| err(format!("cannot set normalizer: {e}")))?;
     let mut steps = vec![
         json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
         json!({"type": "ByteFallback"}),
@@ -95,8 +99,9 @@ pub(super) fn build(vocab: &GgufVocab<'_>) -> Result<tokenizers::Tokenizer> {
     if add_space_prefix {
         steps.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
     }
-    let decoder: tokenizers::DecoderWrapper = serde_json::from_value(json!({"type": "Sequence", "decoders": steps}))
-        .map_err(|e| err(format!("cannot build decoder: {e}")))?;
+    let decoder: tokenizers::DecoderWrapper =
+        serde_json::from_value(json!({"type": "Sequence", "decoders": steps}))
+            .map_err(|e| err(format!("cannot build decoder: {e}")))?;
     tok.with_decoder(Some(decoder));
     Ok(tok)
 }
