@@ -34,6 +34,8 @@ mod spm;
 mod real_assets_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod text_tests;
 
 use std::path::Path;
 use std::sync::Arc;
