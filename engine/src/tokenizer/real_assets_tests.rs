@@ -261,3 +261,83 @@ fn qwen3_streaming_matches_full_decode() {
         assert_eq!(out, tok.decode(&ids, skip).unwrap());
     }
 }
+
+/// The Qwen3 vocabulary rewritten as GGUF metadata (what llama.cpp's converter
+/// writes: tokens by id, `"a b"` merges, control/user-defined types, pre `qwen2`)
+/// must tokenize exactly like the HF tokenizer.
+#[test]
+fn qwen3_vocab_as_gguf_metadata_matches_hf() {
+    let Some(hf) = qwen3() else { return };
+    let Some(path) = asset("qwen3-tokenizer/tokenizer.json") else {
+        return;
+    };
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let n = hf.vocab_size();
+    let mut tokens = vec![String::new(); n];
+    let mut types = vec![1i32; n];
+    for (t, id) in j["model"]["vocab"].as_object().unwrap() {
+        tokens[id.as_u64().unwrap() as usize] = t.clone();
+    }
+    for a in j["added_tokens"].as_array().unwrap() {
+        let id = a["id"].as_u64().unwrap() as usize;
+        tokens[id] = a["content"].as_str().unwrap().to_string();
+        types[id] = if a["special"].as_bool().unwrap() {
+            3
+        } else {
+            4
+        };
+    }
+    let merges: Vec<GgufValue> = j["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let p = m.as_array().unwrap();
+            GgufValue::String(format!(
+                "{} {}",
+                p[0].as_str().unwrap(),
+                p[1].as_str().unwrap()
+            ))
+        })
+        .collect();
+    let mut meta = GgufMetadata::new();
+    let s = |v: &str| GgufValue::String(v.to_string());
+    meta.insert("tokenizer.ggml.model".into(), s("gpt2"));
+    meta.insert("tokenizer.ggml.pre".into(), s("qwen2"));
+    meta.insert(
+        "tokenizer.ggml.tokens".into(),
+        GgufValue::Array(tokens.into_iter().map(GgufValue::String).collect()),
+    );
+    meta.insert(
+        "tokenizer.ggml.token_type".into(),
+        GgufValue::Array(types.into_iter().map(GgufValue::I32).collect()),
+    );
+    meta.insert("tokenizer.ggml.merges".into(), GgufValue::Array(merges));
+    meta.insert("tokenizer.ggml.eos_token_id".into(), GgufValue::U32(151645));
+    meta.insert(
+        "tokenizer.ggml.padding_token_id".into(),
+        GgufValue::U32(151643),
+    );
+    meta.insert(
+        "tokenizer.ggml.add_bos_token".into(),
+        GgufValue::Bool(false),
+    );
+    let gg = Tokenizer::from_gguf(&meta).unwrap();
+    assert_eq!(gg.vocab_size(), n);
+    assert_eq!(gg.eos_token_ids(), hf.eos_token_ids());
+    for text in [
+        "Hello, world! It's 2024-05-01.",
+        "  leading spaces\n\nand 12345 numbers\t\ttabs \r\n",
+        "日本語のテキスト 😀🎉 café Ünïcödé ДОБРЫЙ день",
+        "def f(x):\n    return x**2  # comment\n",
+        "<|im_start|>user\nhi<|im_end|>\n<think>\n\n</think>\n\n",
+        "I'M here, WE'LL go; they'd've  ...!!!???",
+    ] {
+        let want = hf.encode(text, true).unwrap();
+        assert_eq!(gg.encode(text, true).unwrap(), want, "{text:?}");
+        assert_eq!(
+            gg.decode(&want, true).unwrap(),
+            hf.decode(&want, true).unwrap()
+        );
+    }
+}

@@ -121,6 +121,8 @@ fn gguf_gpt2_encodes_with_merges_and_round_trips() {
         assert_eq!(tok.decode(&ids, false).unwrap(), text);
     }
     assert_eq!(tok.vocab_size(), t.tokens.len());
+    // Ids outside the vocabulary (model padding rows) decode to nothing.
+    assert_eq!(tok.decode(&[u32::MAX, t.id("he")], false).unwrap(), "he");
 }
 
 #[test]
