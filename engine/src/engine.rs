@@ -230,7 +230,7 @@ impl Engine {
         }
         Ok(SeqState {
             sampler: SequenceSampler::new(&req.params, &req.prompt_tokens, &self.eos_ids),
-            decoder: IncrementalDecoder::new(true),
+            decoder: IncrementalDecoder::with_prefix(true, &req.prompt_tokens),
             stop: StopChecker::new(&req.params.stop),
             params: req.params.clone(),
             prompt_len: req.prompt_tokens.len(),
