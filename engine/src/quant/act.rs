@@ -6,16 +6,16 @@
 //! than GGML's f16). Each block also carries `s = d·Σq` (for weight types with an
 //! offset/min term), and every 16 values carry their integer sum `bsums` (K-quants).
 //!
-//! Invariants: `cols % block == 0`; `qs.len() == n·cols`; `d.len() == s.len() ==
-//! n·cols/block`; `bsums.len() == n·cols/16`.
+//! Invariants: `cols % block == 0`; `qs.len() == n·cols`; `ds.len() ==
+//! 2·n·cols/block`; `bsums.len() == n·cols/16`.
 
 /// Quantized activations for `n` rows.
 pub struct QActs {
     pub block: usize,
     pub cols: usize,
     pub qs: Vec<i8>,
-    pub d: Vec<f32>,
-    pub s: Vec<f32>,
+    /// Interleaved per block: `[d, s]` (so both load as one 64-bit value).
+    pub ds: Vec<f32>,
     pub bsums: Vec<i16>,
 }
 
@@ -23,8 +23,7 @@ pub struct QActs {
 #[derive(Clone, Copy)]
 pub struct ActRow<'a> {
     pub qs: &'a [i8],
-    pub d: &'a [f32],
-    pub s: &'a [f32],
+    pub ds: &'a [f32],
     pub bsums: &'a [i16],
 }
 
@@ -37,8 +36,7 @@ impl QActs {
             block,
             cols,
             qs: vec![0; x.len()],
-            d: vec![0.0; nb],
-            s: vec![0.0; nb],
+            ds: vec![0.0; 2 * nb],
             bsums: vec![0; x.len() / 16],
         };
         #[cfg(target_arch = "x86_64")]
@@ -54,10 +52,27 @@ impl QActs {
         let nb = self.cols / self.block;
         ActRow {
             qs: &self.qs[i * self.cols..(i + 1) * self.cols],
-            d: &self.d[i * nb..(i + 1) * nb],
-            s: &self.s[i * nb..(i + 1) * nb],
+            ds: &self.ds[2 * i * nb..2 * (i + 1) * nb],
             bsums: &self.bsums[i * self.cols / 16..(i + 1) * self.cols / 16],
         }
+    }
+}
+
+impl ActRow<'_> {
+    /// Number of blocks in the row.
+    #[inline(always)]
+    pub fn nb(&self) -> usize {
+        self.ds.len() / 2
+    }
+    /// Scale of block `b`.
+    #[inline(always)]
+    pub fn d(&self, b: usize) -> f32 {
+        self.ds[2 * b]
+    }
+    /// `d·Σq` of block `b`.
+    #[inline(always)]
+    pub fn s(&self, b: usize) -> f32 {
+        self.ds[2 * b + 1]
     }
 }
 
@@ -77,8 +92,8 @@ pub fn quantize_acts_scalar(x: &[f32], a: &mut QActs) {
             *q = r as i8;
             sum += r;
         }
-        a.d[b] = d;
-        a.s[b] = d * sum as f32;
+        a.ds[2 * b] = d;
+        a.ds[2 * b + 1] = d * sum as f32;
         for (g, chunk) in qs.chunks_exact(16).enumerate() {
             a.bsums[b * block / 16 + g] = chunk.iter().map(|&q| q as i16).sum();
         }

@@ -54,7 +54,7 @@ pub fn dot_q4_0(w: &[u8], a: &ActRow<'_>) -> f32 {
     let mut acc = 0f32;
     for (b, blk) in w.chunks_exact(18).enumerate() {
         let s = nibble_dot(&blk[2..18], 0, &a.qs[32 * b..32 * b + 32]);
-        acc += f16_at(blk, 0) * a.d[b] * (s - 8 * asum32(a, b)) as f32;
+        acc += f16_at(blk, 0) * a.d(b) * (s - 8 * asum32(a, b)) as f32;
     }
     acc
 }
@@ -63,7 +63,7 @@ pub fn dot_q4_1(w: &[u8], a: &ActRow<'_>) -> f32 {
     let mut acc = 0f32;
     for (b, blk) in w.chunks_exact(20).enumerate() {
         let s = nibble_dot(&blk[4..20], 0, &a.qs[32 * b..32 * b + 32]);
-        acc += f16_at(blk, 0) * a.d[b] * s as f32 + f16_at(blk, 2) * a.s[b];
+        acc += f16_at(blk, 0) * a.d(b) * s as f32 + f16_at(blk, 2) * a.s(b);
     }
     acc
 }
@@ -72,7 +72,7 @@ pub fn dot_q5_0(w: &[u8], a: &ActRow<'_>) -> f32 {
     let mut acc = 0f32;
     for (b, blk) in w.chunks_exact(22).enumerate() {
         let s = nibble_dot(&blk[6..22], u32_at(blk, 2), &a.qs[32 * b..32 * b + 32]);
-        acc += f16_at(blk, 0) * a.d[b] * (s - 16 * asum32(a, b)) as f32;
+        acc += f16_at(blk, 0) * a.d(b) * (s - 16 * asum32(a, b)) as f32;
     }
     acc
 }
@@ -81,7 +81,7 @@ pub fn dot_q5_1(w: &[u8], a: &ActRow<'_>) -> f32 {
     let mut acc = 0f32;
     for (b, blk) in w.chunks_exact(24).enumerate() {
         let s = nibble_dot(&blk[8..24], u32_at(blk, 4), &a.qs[32 * b..32 * b + 32]);
-        acc += f16_at(blk, 0) * a.d[b] * s as f32 + f16_at(blk, 2) * a.s[b];
+        acc += f16_at(blk, 0) * a.d(b) * s as f32 + f16_at(blk, 2) * a.s(b);
     }
     acc
 }
@@ -95,7 +95,7 @@ pub fn dot_q8_0(w: &[u8], a: &ActRow<'_>) -> f32 {
             .zip(aq)
             .map(|(&q, &x)| (q as i8) as i32 * x as i32)
             .sum();
-        acc += f16_at(blk, 0) * a.d[b] * s as f32;
+        acc += f16_at(blk, 0) * a.d(b) * s as f32;
     }
     acc
 }
@@ -122,7 +122,7 @@ fn dot_k4(blk: &[u8], qs: &[u8], qh: &[u8], a: &ActRow<'_>, b: usize) -> f32 {
         let asum = a.bsums[16 * b + 2 * j] as i32 + a.bsums[16 * b + 2 * j + 1] as i32;
         sum_m += m as i32 * asum;
     }
-    a.d[b] * (d * sum_s as f32 - dmin * sum_m as f32)
+    a.d(b) * (d * sum_s as f32 - dmin * sum_m as f32)
 }
 
 pub fn dot_q4_k(w: &[u8], a: &ActRow<'_>) -> f32 {
@@ -159,7 +159,7 @@ pub fn dot_q6_k(w: &[u8], a: &ActRow<'_>) -> f32 {
         for g in 0..16 {
             off += (sc[g] as i8) as i32 * a.bsums[16 * b + g] as i32;
         }
-        acc += a.d[b] * d * (sum - 32 * off) as f32;
+        acc += a.d(b) * d * (sum - 32 * off) as f32;
     }
     acc
 }

@@ -117,8 +117,8 @@ fn quantize_acts_impl(x: &[f32], a: &mut QActs) {
                 _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, fixed);
             }
         }
-        a.d[b] = d;
-        a.s[b] = d * hsum_i32(vsum) as f32;
+        a.ds[2 * b] = d;
+        a.ds[2 * b + 1] = d * hsum_i32(vsum) as f32;
     }
 }
 

@@ -160,14 +160,14 @@ unsafe fn accumulate(dec: &Decoded, a: &ActRow<'_>, b: usize, acc: __m256) -> __
         }
         let bs = _mm256_loadu_si256(a.bsums.as_ptr().add(16 * b) as *const __m256i);
         let corr = _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, dec.cw));
-        let da = *a.d.get_unchecked(b);
+        let da = *a.ds.get_unchecked(2 * b);
         let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(dec.d * da), acc);
         _mm256_fmadd_ps(corr, _mm256_set1_ps(dec.cs * da), acc)
     }
 }
 
 fn check(w: &[u8], a: &ActRow<'_>, bytes: usize) -> usize {
-    let nb = a.d.len();
+    let nb = a.nb();
     assert!(w.len() >= nb * bytes && a.qs.len() >= 256 * nb && a.bsums.len() >= 16 * nb);
     nb
 }
@@ -195,7 +195,7 @@ macro_rules! kernels {
         }
 
         pub fn $dot4(w: &[u8], a: &[ActRow<'_>; 4], out: &mut [f32; 4]) {
-            let nb = a[0].d.len();
+            let nb = a[0].nb();
             for r in a {
                 assert_eq!(check(w, r, $bytes), nb);
             }

@@ -8,7 +8,7 @@
 //! byte products use `maddubs` (no saturation: |q·a| ≤ 31·127, pairs ≤ 7874).
 //!
 //! Safety: public entry points assert that the slices hold every block they read
-//! (`w.len() ≥ nb·BYTES`, `qs.len() ≥ 32·nb`, `s.len() ≥ nb`), and are only handed
+//! (`w.len() ≥ nb·BYTES`, `qs.len() ≥ 32·nb`, nb from `ds`), and are only handed
 //! out by `dot_avx2::int_kernel` after the CPU features were detected.
 
 use std::arch::x86_64::*;
@@ -52,14 +52,23 @@ unsafe fn high_bits(p: *const u8) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
+/// `[da, s]` of block `b` of an activation row, as the low lanes of an xmm.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn act_ds(a: &ActRow<'_>, b: usize) -> __m128 {
+    // SAFETY: the caller guarantees block b exists (2·b + 2 ≤ ds.len()).
+    unsafe { _mm_castpd_ps(_mm_load_sd(a.ds.as_ptr().add(2 * b) as *const f64)) }
+}
+
 /// Generates `$dot1` (one activation row) and `$dot4` (four rows) for one type.
-/// `$decode(p) -> (q, dw, mw)` decodes the block at pointer `p`.
+/// `$decode(p) -> (q, dm)` decodes the block at pointer `p`: 32 quant bytes and
+/// `[dw, mw, _, _]`.
 macro_rules! kernels {
     ($dot1:ident, $dot4:ident, $impl1:ident, $impl4:ident, $bytes:expr, $signed:expr,
      |$p:ident| $decode:block) => {
         pub fn $dot1(w: &[u8], a: &ActRow<'_>) -> f32 {
-            let nb = a.d.len();
-            assert!(w.len() >= nb * $bytes && a.qs.len() >= 32 * nb && a.s.len() >= nb);
+            let nb = a.nb();
+            assert!(w.len() >= nb * $bytes && a.qs.len() >= 32 * nb);
             // SAFETY: bounds asserted above; CPU features checked by the caller of
             // `int_kernel`, the only place these functions are handed out.
             unsafe { $impl1(w, a, nb) }
@@ -68,13 +77,14 @@ macro_rules! kernels {
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn $impl1(w: &[u8], a: &ActRow<'_>, nb: usize) -> f32 {
             let ones = _mm256_set1_epi16(1);
-            let mut acc = [_mm256_setzero_ps(); 2];
-            let mut macc = 0f32;
-            for b in 0..nb {
-                // SAFETY: block b lies within `w`, activations within `a` (asserted).
-                unsafe {
+            let mut acc0 = _mm256_setzero_ps();
+            let mut acc1 = _mm256_setzero_ps();
+            let mut macc = _mm_setzero_ps();
+            macro_rules! block {
+                ($b:expr, $acc:ident) => {{
+                    let b = $b;
                     let $p = w.as_ptr().add(b * $bytes);
-                    let (q, dw, mw): (__m256i, f32, f32) = $decode;
+                    let (q, dm): (__m256i, __m128) = $decode;
                     let av = _mm256_loadu_si256(a.qs.as_ptr().add(32 * b) as *const __m256i);
                     let prod = if $signed {
                         _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(av, q))
@@ -82,19 +92,32 @@ macro_rules! kernels {
                         _mm256_maddubs_epi16(q, av)
                     };
                     let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
-                    let da = *a.d.get_unchecked(b);
-                    acc[b & 1] = _mm256_fmadd_ps(f, _mm256_set1_ps(dw * da), acc[b & 1]);
-                    macc += mw * *a.s.get_unchecked(b);
-                }
+                    let sc = _mm_mul_ps(dm, act_ds(a, b));
+                    $acc = _mm256_fmadd_ps(f, _mm256_broadcastss_ps(sc), $acc);
+                    macc = _mm_add_ps(macc, sc);
+                }};
             }
-            hsum(_mm256_add_ps(acc[0], acc[1])) + macc
+            let mut b = 0;
+            // SAFETY (both loops): blocks b < nb lie within `w` and `a` (asserted).
+            while b + 2 <= nb {
+                unsafe {
+                    block!(b, acc0);
+                    block!(b + 1, acc1);
+                }
+                b += 2;
+            }
+            if b < nb {
+                unsafe { block!(b, acc0) };
+            }
+            // Lane 1 of macc holds Σ mw·s.
+            hsum(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_movehdup_ps(macc))
         }
 
         pub fn $dot4(w: &[u8], a: &[ActRow<'_>; 4], out: &mut [f32; 4]) {
-            let nb = a[0].d.len();
+            let nb = a[0].nb();
             assert!(w.len() >= nb * $bytes);
             for r in a {
-                assert!(r.d.len() >= nb && r.qs.len() >= 32 * nb && r.s.len() >= nb);
+                assert!(r.nb() == nb && r.qs.len() >= 32 * nb);
             }
             // SAFETY: as for the one-row kernel.
             unsafe { $impl4(w, a, nb, out) }
@@ -104,12 +127,12 @@ macro_rules! kernels {
         unsafe fn $impl4(w: &[u8], a: &[ActRow<'_>; 4], nb: usize, out: &mut [f32; 4]) {
             let ones = _mm256_set1_epi16(1);
             let mut acc = [_mm256_setzero_ps(); 4];
-            let mut macc = [0f32; 4];
+            let mut macc = [_mm_setzero_ps(); 4];
             for b in 0..nb {
                 // SAFETY: block b lies within `w`, activations within `a` (asserted).
                 unsafe {
                     let $p = w.as_ptr().add(b * $bytes);
-                    let (q, dw, mw): (__m256i, f32, f32) = $decode;
+                    let (q, dm): (__m256i, __m128) = $decode;
                     let qa = if $signed { _mm256_sign_epi8(q, q) } else { q };
                     for r in 0..4 {
                         let ar = a.get_unchecked(r);
@@ -119,43 +142,63 @@ macro_rules! kernels {
                             _mm256_maddubs_epi16(qa, av),
                             ones,
                         ));
-                        let da = *ar.d.get_unchecked(b);
-                        acc[r] = _mm256_fmadd_ps(f, _mm256_set1_ps(dw * da), acc[r]);
-                        macc[r] += mw * *ar.s.get_unchecked(b);
+                        let sc = _mm_mul_ps(dm, act_ds(ar, b));
+                        acc[r] = _mm256_fmadd_ps(f, _mm256_broadcastss_ps(sc), acc[r]);
+                        macc[r] = _mm_add_ps(macc[r], sc);
                     }
                 }
             }
             for r in 0..4 {
-                out[r] = hsum(acc[r]) + macc[r];
+                out[r] = hsum(acc[r]) + _mm_cvtss_f32(_mm_movehdup_ps(macc[r]));
             }
         }
     };
 }
 
+/// `[d, k·d, 0, 0]` from the f16 at `p` (types whose min term is a multiple of d).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn d_and_multiple(p: *const u8, k: f32) -> __m128 {
+    // SAFETY: the caller guarantees 2 readable bytes at `p`.
+    let h = unsafe { (p as *const u16).read_unaligned() };
+    let d = _mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)); // [d, 0, 0, 0]
+    if k == 0.0 {
+        d
+    } else {
+        _mm_mul_ps(_mm_unpacklo_ps(d, d), _mm_setr_ps(1.0, k, 0.0, 0.0))
+    }
+}
+
+/// `[d, m, 0, 0]` from two consecutive f16 at `p`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn d_and_m(p: *const u8) -> __m128 {
+    // SAFETY: the caller guarantees 4 readable bytes at `p`.
+    let v = unsafe { (p as *const i32).read_unaligned() };
+    _mm_cvtph_ps(_mm_cvtsi32_si128(v))
+}
+
 kernels!(dot1_q4_0, dot4_q4_0, q4_0_1, q4_0_4, 18, false, |p| {
-    let d = f16(p);
-    (nibbles(p.add(2)), d, -8.0 * d)
+    (nibbles(p.add(2)), d_and_multiple(p, -8.0))
 });
 
 kernels!(dot1_q4_1, dot4_q4_1, q4_1_1, q4_1_4, 20, false, |p| {
-    (nibbles(p.add(4)), f16(p), f16(p.add(2)))
+    (nibbles(p.add(4)), d_and_m(p))
 });
 
 kernels!(dot1_q5_0, dot4_q5_0, q5_0_1, q5_0_4, 22, false, |p| {
-    let d = f16(p);
     let q = _mm256_or_si256(nibbles(p.add(6)), high_bits(p.add(2)));
-    (q, d, -16.0 * d)
+    (q, d_and_multiple(p, -16.0))
 });
 
 kernels!(dot1_q5_1, dot4_q5_1, q5_1_1, q5_1_4, 24, false, |p| {
     let q = _mm256_or_si256(nibbles(p.add(8)), high_bits(p.add(4)));
-    (q, f16(p), f16(p.add(2)))
+    (q, d_and_m(p))
 });
 
 kernels!(dot1_q8_0, dot4_q8_0, q8_0_1, q8_0_4, 34, true, |p| {
     (
         _mm256_loadu_si256(p.add(2) as *const __m256i),
-        f16(p),
-        0.0f32,
+        d_and_multiple(p, 0.0),
     )
 });
