@@ -1,9 +1,24 @@
 //! GGUF files (llama.cpp / Ollama): header, metadata, tensor directory, and
 //! memory-mapped tensor data. `writer` produces GGUF files (test fixtures, tools).
 //!
-//! OWNER: helper A (format + quant). Public API is fixed; fill in the bodies.
+//! OWNER: helper A (format + quant).
+//!
+//! Layout (little-endian, versions 2 and 3): magic `GGUF`, u32 version, u64 tensor
+//! count, u64 metadata count; metadata entries (string key, u32 type, value); tensor
+//! infos (string name, u32 n_dims, u64 dims[n_dims], u32 ggml type, u64 offset);
+//! padding to `general.alignment` (default 32); tensor data. Strings are u64 length +
+//! UTF-8 bytes; arrays are u32 element type + u64 count + elements.
+//!
+//! Invariants after [`GgufFile::open`]: every tensor's extent lies inside the file,
+//! its offset is aligned, its element count fits in `usize`, and `shape[0]` is a
+//! multiple of its type's block length. Parsing never trusts a count: every length is
+//! checked against the bytes left in the file before anything is allocated.
 
 pub mod writer;
+
+mod parse;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +27,8 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use crate::quant::{DType, QMatrix};
-use crate::Result;
+use crate::storage::{map_file, Storage};
+use crate::{EngineError, Result};
 
 /// One metadata value.
 #[derive(Clone, Debug, PartialEq)]
@@ -82,6 +98,17 @@ pub struct GgufTensorInfo {
     pub offset: u64,
 }
 
+impl GgufTensorInfo {
+    /// Number of elements (checked not to overflow when the file was opened).
+    pub fn n_elements(&self) -> usize {
+        self.shape.iter().map(|&d| d as usize).product()
+    }
+    /// Bytes of tensor data.
+    pub fn n_bytes(&self) -> usize {
+        self.dtype.bytes_for(self.n_elements())
+    }
+}
+
 /// An opened, validated GGUF file. Tensor data stays memory-mapped.
 pub struct GgufFile {
     pub path: PathBuf,
@@ -99,25 +126,66 @@ impl GgufFile {
     /// truncated or corrupt file yields `EngineError::BadModelFile` naming the
     /// file and the reason, never a panic or a huge allocation.
     pub fn open(path: &Path) -> Result<GgufFile> {
-        let _ = path;
-        todo!("helper A")
+        let map = map_file(path)?;
+        let parsed = parse::parse(&map).map_err(|e| e.into_error(path))?;
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            version: parsed.version,
+            metadata: parsed.metadata,
+            tensors: parsed.tensors,
+            map,
+            data_start: parsed.data_start,
+        })
     }
 
     pub fn tensor_info(&self, name: &str) -> Option<&GgufTensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
     }
 
+    /// The bytes of a tensor (mapped, zero copy).
+    pub fn tensor_storage(&self, name: &str) -> Result<(&GgufTensorInfo, Storage)> {
+        let info = self
+            .tensor_info(name)
+            .ok_or_else(|| EngineError::MissingTensor(name.to_string()))?;
+        let storage = Storage::mapped(
+            self.map.clone(),
+            self.data_start + info.offset as usize,
+            info.n_bytes(),
+        )
+        .ok_or_else(|| {
+            EngineError::bad_file(&self.path, format!("tensor `{name}` extends past the end"))
+        })?;
+        Ok((info, storage))
+    }
+
     /// A 2-D tensor as a matrix: rows = shape[1], cols = shape[0]. 1-D tensors come
     /// back as a 1×n matrix.
     pub fn matrix(&self, name: &str) -> Result<QMatrix> {
-        let _ = name;
-        todo!("helper A")
+        let (info, storage) = self.tensor_storage(name)?;
+        let (rows, cols) = match info.shape[..] {
+            [c] => (1, c as usize),
+            [c, r] => (r as usize, c as usize),
+            // Trailing unit dimensions are harmless.
+            [c, r, ref rest @ ..] if rest.iter().all(|&d| d == 1) => (r as usize, c as usize),
+            _ => {
+                return Err(EngineError::ShapeMismatch {
+                    name: name.to_string(),
+                    found: info.shape.iter().map(|&d| d as usize).collect(),
+                    expected: vec![0, 0],
+                })
+            }
+        };
+        QMatrix::new(info.dtype, rows, cols, storage)
+            .map_err(|e| EngineError::bad_file(&self.path, format!("tensor `{name}`: {e}")))
     }
 
     /// A tensor of any rank dequantized to f32 (norm weights, biases).
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let _ = name;
-        todo!("helper A")
+        let (info, storage) = self.tensor_storage(name)?;
+        let n = info.n_elements();
+        let m = QMatrix::new(info.dtype, 1, n, storage)
+            .map_err(|e| EngineError::bad_file(&self.path, format!("tensor `{name}`: {e}")))?;
+        Ok(m.to_f32())
     }
 
     pub fn get(&self, key: &str) -> Option<&GgufValue> {

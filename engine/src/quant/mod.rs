@@ -1,15 +1,44 @@
 //! Weight matrices in every supported storage type (f32, f16, bf16 and the GGML
 //! block-quantized types) and the CPU kernels that multiply activations by them.
 //!
-//! OWNER: helper A. Public API below is fixed (others call it); fill in the bodies,
-//! add submodules (`blocks`, `dequant`, `dot_avx2`, ...).
+//! OWNER: helper A. Public API below is fixed (others call it).
 //!
 //! Convention: a matrix has `rows` output features and `cols` input features, stored
 //! row-major (each row is `cols` values, i.e. `row_bytes()` bytes); `matmul` computes
 //! `y[n×rows] = x[n×cols] · Wᵀ`, exactly like a PyTorch `nn.Linear` weight.
+//!
+//! Invariants of a [`QMatrix`] (checked by [`QMatrix::new`]): `cols` is a multiple of
+//! the type's block length, `data` holds exactly `rows × row_bytes()` bytes, and F32
+//! data is 4-byte aligned (so it can be viewed as `&[f32]`).
+//!
+//! Submodules: `blocks` (GGML block layouts), `dequant` (block → f32), `quantize`
+//! (reference f32 → block quantizers), `act` (8-bit activation quantization),
+//! `dot` (scalar integer dot products), `dot_avx2` (AVX2 helpers, float dots and
+//! activation quantization), `dot_avx2_q32` / `dot_avx2_k` (AVX2 integer kernels),
+//! `float` (f32 dots), `matmul` (the threaded driver).
+
+mod act;
+mod blocks;
+mod dequant;
+mod dot;
+#[cfg(target_arch = "x86_64")]
+mod dot_avx2;
+#[cfg(target_arch = "x86_64")]
+mod dot_avx2_k;
+#[cfg(target_arch = "x86_64")]
+mod dot_avx2_q32;
+mod float;
+mod matmul;
+mod quantize;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_matmul;
 
 use crate::storage::Storage;
-use crate::Result;
+use crate::{EngineError, Result};
+
+pub use blocks::QK_K;
 
 /// Storage type of a weight tensor. Discriminants are the GGML type ids.
 #[allow(non_camel_case_types)]
@@ -33,25 +62,91 @@ pub enum DType {
 }
 
 impl DType {
+    /// Every supported type, in GGML id order.
+    pub const ALL: [DType; 15] = [
+        DType::F32,
+        DType::F16,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q8_0,
+        DType::Q8_1,
+        DType::Q2_K,
+        DType::Q3_K,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+        DType::Q8_K,
+        DType::BF16,
+    ];
+
     /// From a GGML type id; `None` for ids we do not support.
     pub fn from_ggml(id: u32) -> Option<DType> {
-        let _ = id;
-        todo!("helper A")
+        DType::ALL.iter().copied().find(|d| *d as u32 == id)
     }
     /// Number of values in one block (1 for float types).
     pub fn block_len(self) -> usize {
-        todo!("helper A")
+        use DType::*;
+        match self {
+            F32 | F16 | BF16 => 1,
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 => 32,
+            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K => QK_K,
+        }
     }
     /// Bytes of one block.
     pub fn block_bytes(self) -> usize {
-        todo!("helper A")
+        use DType::*;
+        match self {
+            F32 => 4,
+            F16 | BF16 => 2,
+            Q4_0 => 18,
+            Q4_1 => 20,
+            Q5_0 => 22,
+            Q5_1 => 24,
+            Q8_0 => 34,
+            Q8_1 => 36,
+            Q2_K => 84,
+            Q3_K => 110,
+            Q4_K => 144,
+            Q5_K => 176,
+            Q6_K => 210,
+            Q8_K => 292,
+        }
     }
     /// Bytes of `n` values (n must be a multiple of `block_len`).
     pub fn bytes_for(self, n: usize) -> usize {
         n / self.block_len() * self.block_bytes()
     }
     pub fn name(self) -> &'static str {
-        todo!("helper A")
+        use DType::*;
+        match self {
+            F32 => "F32",
+            F16 => "F16",
+            BF16 => "BF16",
+            Q4_0 => "Q4_0",
+            Q4_1 => "Q4_1",
+            Q5_0 => "Q5_0",
+            Q5_1 => "Q5_1",
+            Q8_0 => "Q8_0",
+            Q8_1 => "Q8_1",
+            Q2_K => "Q2_K",
+            Q3_K => "Q3_K",
+            Q4_K => "Q4_K",
+            Q5_K => "Q5_K",
+            Q6_K => "Q6_K",
+            Q8_K => "Q8_K",
+        }
+    }
+    /// True for the block-quantized (non-float) types.
+    pub fn is_quantized(self) -> bool {
+        self.block_len() > 1
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -68,46 +163,134 @@ impl QMatrix {
     /// Validates that `data` holds exactly rows × cols values of `dtype`
     /// (`cols % block_len == 0`); copies to aligned storage if the type needs it.
     pub fn new(dtype: DType, rows: usize, cols: usize, data: Storage) -> Result<QMatrix> {
-        let _ = (dtype, rows, cols, data);
-        todo!("helper A")
+        let bad = |reason: String| EngineError::Config(format!("QMatrix: {reason}"));
+        if cols % dtype.block_len() != 0 {
+            return Err(bad(format!(
+                "{cols} columns is not a multiple of the {} block length {}",
+                dtype.name(),
+                dtype.block_len()
+            )));
+        }
+        let expected = rows
+            .checked_mul(dtype.bytes_for(cols))
+            .ok_or_else(|| bad(format!("{rows}×{cols} {} overflows", dtype.name())))?;
+        if data.len() != expected {
+            return Err(bad(format!(
+                "{rows}×{cols} {} needs {expected} bytes, got {}",
+                dtype.name(),
+                data.len()
+            )));
+        }
+        let data = if dtype == DType::F32 {
+            data.aligned4()
+        } else {
+            data
+        };
+        Ok(QMatrix {
+            dtype,
+            rows,
+            cols,
+            data,
+        })
     }
 
     pub fn from_f32(rows: usize, cols: usize, values: &[f32]) -> QMatrix {
-        let _ = (rows, cols, values);
-        todo!("helper A")
+        assert_eq!(values.len(), rows * cols, "QMatrix::from_f32: wrong length");
+        QMatrix {
+            dtype: DType::F32,
+            rows,
+            cols,
+            data: Storage::from_f32(values),
+        }
+    }
+
+    /// Quantizes f32 values (rows × cols, row-major) into a new matrix of `dtype`.
+    /// Panics if `cols` is not a multiple of the block length (a programming error).
+    pub fn quantize_from_f32(dtype: DType, rows: usize, cols: usize, values: &[f32]) -> QMatrix {
+        let bytes = quantize(dtype, values, rows, cols);
+        QMatrix::new(dtype, rows, cols, Storage::from_bytes(&bytes))
+            .expect("quantize produced a consistent size")
     }
 
     pub fn row_bytes(&self) -> usize {
         self.dtype.bytes_for(self.cols)
     }
 
+    /// Raw bytes of row `row`.
+    pub fn row_data(&self, row: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.data.bytes()[row * rb..(row + 1) * rb]
+    }
+
     /// Dequantizes row `row` into `out` (len == cols).
     pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
-        let _ = (row, out);
-        todo!("helper A")
+        assert!(row < self.rows, "row {row} out of range ({})", self.rows);
+        assert_eq!(out.len(), self.cols, "dequantize_row: output length");
+        dequant::dequantize(self.dtype, self.row_data(row), out);
     }
 
     /// Whole matrix as f32, row-major.
     pub fn to_f32(&self) -> Vec<f32> {
-        todo!("helper A")
+        let mut out = vec![0f32; self.rows * self.cols];
+        if self.cols > 0 {
+            for (r, chunk) in out.chunks_exact_mut(self.cols).enumerate() {
+                self.dequantize_row(r, chunk);
+            }
+        }
+        out
     }
 
     /// `y[n×rows] = x[n×cols] · Wᵀ`, multi-threaded (rayon), SIMD where available.
+    ///
+    /// Quantized weights: the activations are quantized to 8 bits per block first
+    /// (relative error around 1e-3..1e-2); see [`QMatrix::matmul_exact`] for a path
+    /// without activation quantization.
     pub fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) {
-        let _ = (x, n, y);
-        todo!("helper A")
+        self.check_matmul_args(x, n, y);
+        matmul::matmul(self, x, n, y);
+    }
+
+    /// Like [`QMatrix::matmul`] but keeps the activations in f32: each weight row is
+    /// dequantized on the fly and dotted in f32. Slower; used as a reference.
+    pub fn matmul_exact(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        self.check_matmul_args(x, n, y);
+        matmul::matmul_exact(self, x, n, y);
+    }
+
+    fn check_matmul_args(&self, x: &[f32], n: usize, y: &[f32]) {
+        assert_eq!(x.len(), n * self.cols, "matmul: x must be n×cols");
+        assert_eq!(y.len(), n * self.rows, "matmul: y must be n×rows");
     }
 
     /// A copy with rows reordered: new row i = old row `perm[i]`.
     pub fn permute_rows(&self, perm: &[usize]) -> QMatrix {
-        let _ = perm;
-        todo!("helper A")
+        let rb = self.row_bytes();
+        let mut bytes = Vec::with_capacity(perm.len() * rb);
+        for &p in perm {
+            bytes.extend_from_slice(self.row_data(p));
+        }
+        QMatrix {
+            dtype: self.dtype,
+            rows: perm.len(),
+            cols: self.cols,
+            data: Storage::from_bytes(&bytes),
+        }
     }
 }
 
 /// Reference quantizer: f32 values (rows × cols, row-major) to `dtype` bytes.
-/// Used by tests and the GGUF writer.
+/// Used by tests and the GGUF writer. Panics if `values.len() != rows × cols` or
+/// `cols` is not a multiple of the block length (programming errors).
 pub fn quantize(dtype: DType, values: &[f32], rows: usize, cols: usize) -> Vec<u8> {
-    let _ = (dtype, values, rows, cols);
-    todo!("helper A")
+    assert_eq!(values.len(), rows * cols, "quantize: wrong number of values");
+    assert!(
+        cols % dtype.block_len() == 0,
+        "quantize: {cols} columns is not a multiple of the {} block length",
+        dtype.name()
+    );
+    let mut out = Vec::with_capacity(rows * dtype.bytes_for(cols));
+    for row in values.chunks_exact(cols.max(1)).take(rows) {
+        quantize::quantize_row(dtype, row, &mut out);
+    }
+    out
 }

@@ -1,0 +1,101 @@
+//! 8-bit activation quantization for the integer matmul kernels.
+//!
+//! Activations `x[n×cols]` are quantized once per matmul into symmetric 8-bit
+//! blocks of `block` values (32 for the Q4_0..Q8_1 weight types, 256 for the
+//! K-quants): `x ≈ d·q`, q in −127..=127, with an f32 scale per block (more precise
+//! than GGML's f16). Each block also carries `s = d·Σq` (for weight types with an
+//! offset/min term), and every 16 values carry their integer sum `bsums` (K-quants).
+//!
+//! Invariants: `cols % block == 0`; `qs.len() == n·cols`; `ds.len() ==
+//! 2·n·cols/block`; `bsums.len() == n·cols/16`.
+
+/// Quantized activations for `n` rows.
+pub struct QActs {
+    pub block: usize,
+    pub cols: usize,
+    pub qs: Vec<i8>,
+    /// Interleaved per block: `[d, s]` (so both load as one 64-bit value).
+    pub ds: Vec<f32>,
+    pub bsums: Vec<i16>,
+}
+
+/// One activation row of a [`QActs`].
+#[derive(Clone, Copy)]
+pub struct ActRow<'a> {
+    pub qs: &'a [i8],
+    pub ds: &'a [f32],
+    pub bsums: &'a [i16],
+}
+
+impl QActs {
+    /// Quantizes `x` (n×cols) in blocks of `block` values.
+    pub fn quantize(x: &[f32], cols: usize, block: usize) -> QActs {
+        debug_assert!(cols % block == 0 && block % 16 == 0);
+        let nb = x.len() / block;
+        let mut a = QActs {
+            block,
+            cols,
+            qs: vec![0; x.len()],
+            ds: vec![0.0; 2 * nb],
+            bsums: vec![0; x.len() / 16],
+        };
+        #[cfg(target_arch = "x86_64")]
+        if super::dot_avx2::available() {
+            super::dot_avx2::quantize_acts(x, &mut a);
+            return a;
+        }
+        quantize_acts_scalar(x, &mut a);
+        a
+    }
+
+    pub fn row(&self, i: usize) -> ActRow<'_> {
+        let nb = self.cols / self.block;
+        ActRow {
+            qs: &self.qs[i * self.cols..(i + 1) * self.cols],
+            ds: &self.ds[2 * i * nb..2 * (i + 1) * nb],
+            bsums: &self.bsums[i * self.cols / 16..(i + 1) * self.cols / 16],
+        }
+    }
+}
+
+impl ActRow<'_> {
+    /// Number of blocks in the row.
+    #[inline(always)]
+    pub fn nb(&self) -> usize {
+        self.ds.len() / 2
+    }
+    /// Scale of block `b`.
+    #[inline(always)]
+    pub fn d(&self, b: usize) -> f32 {
+        self.ds[2 * b]
+    }
+    /// `d·Σq` of block `b`.
+    #[inline(always)]
+    pub fn s(&self, b: usize) -> f32 {
+        self.ds[2 * b + 1]
+    }
+}
+
+/// Portable quantizer; the AVX2 one must produce identical output.
+pub fn quantize_acts_scalar(x: &[f32], a: &mut QActs) {
+    let block = a.block;
+    for (b, xs) in x.chunks_exact(block).enumerate() {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        let qs = &mut a.qs[b * block..(b + 1) * block];
+        let mut sum = 0i32;
+        for (q, &v) in qs.iter_mut().zip(xs) {
+            // round half away from zero, like `_mm256_round_ps` with nearest-even
+            // differs only on exact .5 ties; we use nearest-even in both paths.
+            let r = (v * id).round_ties_even() as i32;
+            *q = r as i8;
+            sum += r;
+        }
+        a.ds[2 * b] = d;
+        a.ds[2 * b + 1] = d * sum as f32;
+        for (g, chunk) in qs.chunks_exact(16).enumerate() {
+            a.bsums[b * block / 16 + g] = chunk.iter().map(|&q| q as i16).sum();
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! AVX2 + FMA + F16C kernels (x86-64), selected at run time when the CPU has all
+//! three. Every `unsafe` here is either a call into a `#[target_feature]` function
+//! (sound because [`available`] was checked) or an unaligned SIMD load/store whose
+//! bounds are established by slice lengths checked right before it.
+
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+use super::act::QActs;
+use super::blocks::{bf16_at, f16_at};
+use super::matmul::IntKernel;
+use super::DType;
+
+/// True if this CPU has AVX2, FMA and F16C (cached).
+pub fn available() -> bool {
+    static AVAIL: OnceLock<bool> = OnceLock::new();
+    *AVAIL.get_or_init(|| {
+        std::env::var_os("PDSERVE_NO_SIMD").is_none()
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
+}
+
+/// The AVX2 integer kernel for `dtype`, if the CPU supports it and one exists.
+pub fn int_kernel(dtype: DType) -> Option<IntKernel> {
+    if !available() {
+        return None;
+    }
+    use super::dot_avx2_k as k;
+    use super::dot_avx2_q32 as q;
+    use super::blocks::{QK, QK_K};
+    let (block, dot1, dot4): (usize, super::dot::DotFn, super::matmul::Dot4Fn) = match dtype {
+        DType::Q4_0 => (QK, q::dot1_q4_0, q::dot4_q4_0),
+        DType::Q4_1 => (QK, q::dot1_q4_1, q::dot4_q4_1),
+        DType::Q5_0 => (QK, q::dot1_q5_0, q::dot4_q5_0),
+        DType::Q5_1 => (QK, q::dot1_q5_1, q::dot4_q5_1),
+        DType::Q8_0 => (QK, q::dot1_q8_0, q::dot4_q8_0),
+        DType::Q4_K => (QK_K, k::dot1_q4_k, k::dot4_q4_k),
+        DType::Q5_K => (QK_K, k::dot1_q5_k, k::dot4_q5_k),
+        DType::Q6_K => (QK_K, k::dot1_q6_k, k::dot4_q6_k),
+        _ => return None,
+    };
+    Some(IntKernel { block, dot1, dot4 })
+}
+
+/// Horizontal sum of 8 f32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn hsum(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps::<1>(v);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Quantizes activations (see `act`); output identical to the scalar quantizer.
+pub fn quantize_acts(x: &[f32], a: &mut QActs) {
+    assert!(available());
+    // SAFETY: the CPU features were checked just above.
+    unsafe { quantize_acts_impl(x, a) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_acts_impl(x: &[f32], a: &mut QActs) {
+    let block = a.block;
+    let sign = _mm256_set1_ps(-0.0);
+    for (b, xs) in x.chunks_exact(block).enumerate() {
+        let mut vmax = _mm256_setzero_ps();
+        for c in xs.chunks_exact(8) {
+            // SAFETY: `c` has exactly 8 f32 values.
+            let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+            vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, v));
+        }
+        let lo = _mm256_castps256_ps128(vmax);
+        let m4 = _mm_max_ps(lo, _mm256_extractf128_ps::<1>(vmax));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+        let d = amax / 127.0;
+        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        let vid = _mm256_set1_ps(id);
+        let qs = &mut a.qs[b * block..(b + 1) * block];
+        let mut vsum = _mm256_setzero_si256();
+        for (g, (c, q)) in xs.chunks_exact(32).zip(qs.chunks_exact_mut(32)).enumerate() {
+            // SAFETY: `c` has exactly 32 f32 values, `q` exactly 32 bytes.
+            unsafe {
+                macro_rules! r {
+                    ($k:expr) => {
+                        _mm256_cvtps_epi32(_mm256_round_ps::<
+                            { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+                        >(_mm256_mul_ps(
+                            _mm256_loadu_ps(c.as_ptr().add(8 * $k)),
+                            vid,
+                        )))
+                    };
+                }
+                let (i0, i1, i2, i3) = (r!(0), r!(1), r!(2), r!(3));
+                vsum = _mm256_add_epi32(
+                    vsum,
+                    _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)),
+                );
+                // Per-16 sums: lanes of i0,i1 are values 0..16, i2,i3 are 16..32.
+                let s01 = hsum_i32(_mm256_add_epi32(i0, i1));
+                let s23 = hsum_i32(_mm256_add_epi32(i2, i3));
+                let bi = (b * block + 32 * g) / 16;
+                a.bsums[bi] = s01 as i16;
+                a.bsums[bi + 1] = s23 as i16;
+                // Pack to i8 in order: packs interleave 128-bit lanes, fix with a
+                // permute.
+                let p16a = _mm256_packs_epi32(i0, i1);
+                let p16b = _mm256_packs_epi32(i2, i3);
+                let p8 = _mm256_packs_epi16(p16a, p16b);
+                let fixed =
+                    _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, fixed);
+            }
+        }
+        a.ds[2 * b] = d;
+        a.ds[2 * b + 1] = d * hsum_i32(vsum) as f32;
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// `Σ a[i]·b[i]` with FMA.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    assert!(available());
+    // SAFETY: CPU features checked above.
+    unsafe { dot_f32_impl(a, b) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_f32_impl(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 8k + 8 <= n for both slices.
+            unsafe {
+                let va = _mm256_loadu_ps(a.as_ptr().add(i + 8 * k));
+                let vb = _mm256_loadu_ps(b.as_ptr().add(i + 8 * k));
+                *acc = _mm256_fmadd_ps(va, vb, *acc);
+            }
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n.
+        unsafe {
+            let va = _mm256_loadu_ps(a.as_ptr().add(i));
+            let vb = _mm256_loadu_ps(b.as_ptr().add(i));
+            acc[0] = _mm256_fmadd_ps(va, vb, acc[0]);
+        }
+        i += 8;
+    }
+    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut s = hsum(v);
+    for j in i..n {
+        s += a[j] * b[j];
+    }
+    s
+}
+
+/// Dot of an F32/F16/BF16 weight row (bytes) with f32 `x`.
+pub fn dot_float_row(dtype: DType, w: &[u8], x: &[f32]) -> f32 {
+    assert!(available());
+    // SAFETY: CPU features checked above.
+    unsafe { dot_float_row_impl(dtype, w, x) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_float_row_impl(dtype: DType, w: &[u8], x: &[f32]) -> f32 {
+    let esize = dtype.block_bytes();
+    let n = x.len().min(w.len() / esize);
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut i = 0;
+    while i + 16 <= n {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let j = i + 8 * k;
+            // SAFETY: j + 8 <= n, so 8 elements of `w` (esize bytes each) and 8 of `x`
+            // are in bounds.
+            unsafe {
+                let wp = w.as_ptr().add(j * esize);
+                let vw = match dtype {
+                    DType::F32 => _mm256_loadu_ps(wp as *const f32),
+                    DType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(wp as *const __m128i)),
+                    _ => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+                        _mm_loadu_si128(wp as *const __m128i),
+                    ))),
+                };
+                *acc = _mm256_fmadd_ps(vw, _mm256_loadu_ps(x.as_ptr().add(j)), *acc);
+            }
+        }
+        i += 16;
+    }
+    let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
+    for j in i..n {
+        let wv = match dtype {
+            DType::F32 => super::blocks::f32_at(w, 4 * j),
+            DType::F16 => f16_at(w, 2 * j),
+            _ => bf16_at(w, 2 * j),
+        };
+        s += wv * x[j];
+    }
+    s
+}

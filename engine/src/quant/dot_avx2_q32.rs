@@ -1,0 +1,204 @@
+//! AVX2 integer kernels for the 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1,
+//! Q8_0) against 8-bit activations in 32-blocks.
+//!
+//! Every type is decoded per block into 32 bytes `q` in activation order plus a
+//! float scale `dw` and "min" `mw`, so that a block contributes
+//! `dw·da·Σ q·a + mw·s` (s = da·Σa): Q4_0 → q unsigned, mw = −8·dw; Q4_1 → mw = m;
+//! Q5_0 → mw = −16·dw; Q5_1 → mw = m; Q8_0 → q signed, mw = 0. The unsigned×signed
+//! byte products use `maddubs` (no saturation: |q·a| ≤ 31·127, pairs ≤ 7874).
+//!
+//! Safety: public entry points assert that the slices hold every block they read
+//! (`w.len() ≥ nb·BYTES`, `qs.len() ≥ 32·nb`, nb from `ds`), and are only handed
+//! out by `dot_avx2::int_kernel` after the CPU features were detected.
+
+use std::arch::x86_64::*;
+
+use super::act::ActRow;
+use super::dot_avx2::hsum;
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16(p: *const u8) -> f32 {
+    // SAFETY: the caller guarantees 2 readable bytes at `p`.
+    let h = unsafe { (p as *const u16).read_unaligned() };
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+}
+
+/// 16 packed bytes → 32 nibbles: low nibbles are values 0..16, high 16..32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 16 readable bytes at `p`.
+    let x = unsafe { _mm_loadu_si128(p as *const __m128i) };
+    let v = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(x), _mm_srli_epi16::<4>(x));
+    _mm256_and_si256(v, _mm256_set1_epi8(0x0f))
+}
+
+/// The 32 high bits of a Q5 block (u32 at `p`) as bytes 0x10 / 0x00 per value.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn high_bits(p: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 4 readable bytes at `p`.
+    let qh = unsafe { (p as *const i32).read_unaligned() };
+    let v = _mm256_set1_epi32(qh);
+    // Byte j of the result takes byte j/8 of qh.
+    let idx = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+        2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+    );
+    let bytes = _mm256_shuffle_epi8(v, idx);
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+/// `[da, s]` of block `b` of an activation row, as the low lanes of an xmm.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn act_ds(a: &ActRow<'_>, b: usize) -> __m128 {
+    // SAFETY: the caller guarantees block b exists (2·b + 2 ≤ ds.len()).
+    unsafe { _mm_castpd_ps(_mm_load_sd(a.ds.as_ptr().add(2 * b) as *const f64)) }
+}
+
+/// Generates `$dot1` (one activation row) and `$dot4` (four rows) for one type.
+/// `$decode(p) -> (q, dm)` decodes the block at pointer `p`: 32 quant bytes and
+/// `[dw, mw, _, _]`.
+macro_rules! kernels {
+    ($dot1:ident, $dot4:ident, $impl1:ident, $impl4:ident, $bytes:expr, $signed:expr,
+     |$p:ident| $decode:block) => {
+        pub fn $dot1(w: &[u8], a: &ActRow<'_>) -> f32 {
+            let nb = a.nb();
+            assert!(w.len() >= nb * $bytes && a.qs.len() >= 32 * nb);
+            // SAFETY: bounds asserted above; CPU features checked by the caller of
+            // `int_kernel`, the only place these functions are handed out.
+            unsafe { $impl1(w, a, nb) }
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $impl1(w: &[u8], a: &ActRow<'_>, nb: usize) -> f32 {
+            let ones = _mm256_set1_epi16(1);
+            let mut acc0 = _mm256_setzero_ps();
+            let mut acc1 = _mm256_setzero_ps();
+            let mut macc = _mm_setzero_ps();
+            macro_rules! block {
+                ($b:expr, $acc:ident) => {{
+                    let b = $b;
+                    let $p = w.as_ptr().add(b * $bytes);
+                    let (q, dm): (__m256i, __m128) = $decode;
+                    let av = _mm256_loadu_si256(a.qs.as_ptr().add(32 * b) as *const __m256i);
+                    let prod = if $signed {
+                        _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(av, q))
+                    } else {
+                        _mm256_maddubs_epi16(q, av)
+                    };
+                    let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
+                    let sc = _mm_mul_ps(dm, act_ds(a, b));
+                    $acc = _mm256_fmadd_ps(f, _mm256_broadcastss_ps(sc), $acc);
+                    macc = _mm_add_ps(macc, sc);
+                }};
+            }
+            let mut b = 0;
+            // SAFETY (both loops): blocks b < nb lie within `w` and `a` (asserted).
+            while b + 2 <= nb {
+                unsafe {
+                    block!(b, acc0);
+                    block!(b + 1, acc1);
+                }
+                b += 2;
+            }
+            if b < nb {
+                unsafe { block!(b, acc0) };
+            }
+            // Lane 1 of macc holds Σ mw·s.
+            hsum(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_movehdup_ps(macc))
+        }
+
+        pub fn $dot4(w: &[u8], a: &[ActRow<'_>; 4], out: &mut [f32; 4]) {
+            let nb = a[0].nb();
+            assert!(w.len() >= nb * $bytes);
+            for r in a {
+                assert!(r.nb() == nb && r.qs.len() >= 32 * nb);
+            }
+            // SAFETY: as for the one-row kernel.
+            unsafe { $impl4(w, a, nb, out) }
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $impl4(w: &[u8], a: &[ActRow<'_>; 4], nb: usize, out: &mut [f32; 4]) {
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut macc = [_mm_setzero_ps(); 4];
+            for b in 0..nb {
+                // SAFETY: block b lies within `w`, activations within `a` (asserted).
+                unsafe {
+                    let $p = w.as_ptr().add(b * $bytes);
+                    let (q, dm): (__m256i, __m128) = $decode;
+                    let qa = if $signed { _mm256_sign_epi8(q, q) } else { q };
+                    for r in 0..4 {
+                        let ar = a.get_unchecked(r);
+                        let av = _mm256_loadu_si256(ar.qs.as_ptr().add(32 * b) as *const __m256i);
+                        let av = if $signed { _mm256_sign_epi8(av, q) } else { av };
+                        let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                            _mm256_maddubs_epi16(qa, av),
+                            ones,
+                        ));
+                        let sc = _mm_mul_ps(dm, act_ds(ar, b));
+                        acc[r] = _mm256_fmadd_ps(f, _mm256_broadcastss_ps(sc), acc[r]);
+                        macc[r] = _mm_add_ps(macc[r], sc);
+                    }
+                }
+            }
+            for r in 0..4 {
+                out[r] = hsum(acc[r]) + _mm_cvtss_f32(_mm_movehdup_ps(macc[r]));
+            }
+        }
+    };
+}
+
+/// `[d, k·d, 0, 0]` from the f16 at `p` (types whose min term is a multiple of d).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn d_and_multiple(p: *const u8, k: f32) -> __m128 {
+    // SAFETY: the caller guarantees 2 readable bytes at `p`.
+    let h = unsafe { (p as *const u16).read_unaligned() };
+    let d = _mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)); // [d, 0, 0, 0]
+    if k == 0.0 {
+        d
+    } else {
+        _mm_mul_ps(_mm_unpacklo_ps(d, d), _mm_setr_ps(1.0, k, 0.0, 0.0))
+    }
+}
+
+/// `[d, m, 0, 0]` from two consecutive f16 at `p`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn d_and_m(p: *const u8) -> __m128 {
+    // SAFETY: the caller guarantees 4 readable bytes at `p`.
+    let v = unsafe { (p as *const i32).read_unaligned() };
+    _mm_cvtph_ps(_mm_cvtsi32_si128(v))
+}
+
+kernels!(dot1_q4_0, dot4_q4_0, q4_0_1, q4_0_4, 18, false, |p| {
+    (nibbles(p.add(2)), d_and_multiple(p, -8.0))
+});
+
+kernels!(dot1_q4_1, dot4_q4_1, q4_1_1, q4_1_4, 20, false, |p| {
+    (nibbles(p.add(4)), d_and_m(p))
+});
+
+kernels!(dot1_q5_0, dot4_q5_0, q5_0_1, q5_0_4, 22, false, |p| {
+    let q = _mm256_or_si256(nibbles(p.add(6)), high_bits(p.add(2)));
+    (q, d_and_multiple(p, -16.0))
+});
+
+kernels!(dot1_q5_1, dot4_q5_1, q5_1_1, q5_1_4, 24, false, |p| {
+    let q = _mm256_or_si256(nibbles(p.add(8)), high_bits(p.add(4)));
+    (q, d_and_m(p))
+});
+
+kernels!(dot1_q8_0, dot4_q8_0, q8_0_1, q8_0_4, 34, true, |p| {
+    (
+        _mm256_loadu_si256(p.add(2) as *const __m256i),
+        d_and_multiple(p, 0.0),
+    )
+});

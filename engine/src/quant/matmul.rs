@@ -1,0 +1,231 @@
+//! The threaded matmul driver: `y[n×rows] = x[n×cols]·Wᵀ`.
+//!
+//! Three paths:
+//! - integer: weight types with an 8-bit kernel (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
+//!   Q5_K, Q6_K) quantize `x` once ([`QActs`]) and run integer block dot products,
+//!   four activation rows per weight row so that each weight block is unpacked once;
+//! - float: F32/F16/BF16 rows dotted with f32 activations (FMA, F16C);
+//! - exact: every other type (and [`QMatrix::matmul_exact`]) dequantizes each
+//!   weight row once and dots it in f32 with every activation row.
+//!
+//! Parallelism (rayon): small `n` (decode) splits the weight rows into a few chunks
+//! per thread; large `n` (prefill) splits the activation rows, so every task writes
+//! one contiguous slice of `y`. Tiny problems run inline.
+
+use rayon::prelude::*;
+
+use super::act::{ActRow, QActs};
+use super::{dequant, dot, float, DType, QMatrix};
+
+/// Below this many multiply-adds a matmul runs on the calling thread.
+const MIN_PARALLEL_WORK: usize = 96 * 1024;
+/// Smallest amount of work worth a separate rayon task.
+const MIN_TASK_WORK: usize = 48 * 1024;
+/// From this many activation rows on, split the activation rows across threads.
+const SPLIT_ACTS_FROM: usize = 16;
+/// Weight rows per cache tile when several activation rows are processed.
+const TILE_ROWS: usize = 16;
+
+/// Four-row dot: one weight row against four activation rows.
+pub type Dot4Fn = fn(&[u8], &[ActRow<'_>; 4], &mut [f32; 4]);
+
+/// An integer kernel: activation block size plus 1-row and 4-row dot functions.
+#[derive(Clone, Copy)]
+pub struct IntKernel {
+    pub block: usize,
+    pub dot1: dot::DotFn,
+    pub dot4: Dot4Fn,
+}
+
+fn scalar_int_kernel(dtype: DType) -> Option<IntKernel> {
+    let (dot1, block) = dot::scalar_kernel(dtype)?;
+    // Scalar four-row kernels simply call the one-row kernel four times.
+    macro_rules! four {
+        ($f:path) => {
+            |w: &[u8], a: &[ActRow<'_>; 4], o: &mut [f32; 4]| {
+                for k in 0..4 {
+                    o[k] = $f(w, &a[k]);
+                }
+            }
+        };
+    }
+    let dot4: Dot4Fn = match dtype {
+        DType::Q4_0 => four!(dot::dot_q4_0),
+        DType::Q4_1 => four!(dot::dot_q4_1),
+        DType::Q5_0 => four!(dot::dot_q5_0),
+        DType::Q5_1 => four!(dot::dot_q5_1),
+        DType::Q8_0 => four!(dot::dot_q8_0),
+        DType::Q4_K => four!(dot::dot_q4_k),
+        DType::Q5_K => four!(dot::dot_q5_k),
+        DType::Q6_K => four!(dot::dot_q6_k),
+        _ => return None,
+    };
+    Some(IntKernel { block, dot1, dot4 })
+}
+
+/// The best integer kernel for `dtype` on this CPU.
+pub fn int_kernel(dtype: DType) -> Option<IntKernel> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(k) = super::dot_avx2::int_kernel(dtype) {
+        return Some(k);
+    }
+    scalar_int_kernel(dtype)
+}
+
+/// The portable integer kernel (tests compare it with the SIMD one).
+pub fn portable_int_kernel(dtype: DType) -> Option<IntKernel> {
+    scalar_int_kernel(dtype)
+}
+
+pub fn matmul(m: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
+    match int_kernel(m.dtype) {
+        Some(k) => matmul_int(m, &k, x, n, y),
+        None if !m.dtype.is_quantized() => run(m, n, y, &|r, i, out, ldo| {
+            float_tile(m, x, r, i, out, ldo)
+        }),
+        None => matmul_exact(m, x, n, y),
+    }
+}
+
+/// Integer path with an explicit kernel (tests use the portable one).
+pub fn matmul_int(m: &QMatrix, k: &IntKernel, x: &[f32], n: usize, y: &mut [f32]) {
+    if m.cols == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let acts = QActs::quantize(x, m.cols, k.block);
+    run(m, n, y, &|r, i, out, ldo| int_tile(m, k, &acts, r, i, out, ldo));
+}
+
+pub fn matmul_exact(m: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
+    run(m, n, y, &|r, i, out, ldo| exact_tile(m, x, r, i, out, ldo));
+}
+
+type Range = std::ops::Range<usize>;
+/// Computes weight rows `r` × activation rows `i` into `out[(i−i0)·ldo + (r−r0)]`.
+type TileFn<'a> = dyn Fn(Range, Range, &mut [f32], usize) + Sync + 'a;
+
+/// Splits the problem into tasks and runs them.
+fn run(m: &QMatrix, n: usize, y: &mut [f32], tile: &TileFn<'_>) {
+    let rows = m.rows;
+    if rows == 0 || n == 0 {
+        return;
+    }
+    let work = rows * n * m.cols.max(1);
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || work < MIN_PARALLEL_WORK {
+        tile(0..rows, 0..n, y, rows);
+        return;
+    }
+    let max_tasks = (work / MIN_TASK_WORK).clamp(1, threads * 4);
+    if n >= SPLIT_ACTS_FROM {
+        // Prefill: contiguous blocks of activation rows (multiples of 4).
+        let per = n.div_ceil(max_tasks.min(n.div_ceil(4))).next_multiple_of(4);
+        y.par_chunks_mut(per * rows)
+            .enumerate()
+            .for_each(|(t, out)| {
+                let i0 = t * per;
+                tile(0..rows, i0..i0 + out.len() / rows, out, rows);
+            });
+    } else if n == 1 {
+        let per = rows.div_ceil(max_tasks).next_multiple_of(4);
+        y.par_chunks_mut(per).enumerate().for_each(|(t, out)| {
+            let r0 = t * per;
+            let len = out.len();
+            tile(r0..r0 + len, 0..1, out, len);
+        });
+    } else {
+        // A few activation rows: split the weight rows, each task fills a local
+        // [n × chunk] block that is then scattered into y.
+        let per = rows.div_ceil(max_tasks).next_multiple_of(4);
+        let parts: Vec<(usize, Vec<f32>)> = (0..rows.div_ceil(per))
+            .into_par_iter()
+            .map(|t| {
+                let r = t * per..((t + 1) * per).min(rows);
+                let len = r.len();
+                let mut out = vec![0f32; n * len];
+                tile(r.clone(), 0..n, &mut out, len);
+                (r.start, out)
+            })
+            .collect();
+        for (r0, out) in parts {
+            let len = out.len() / n;
+            for i in 0..n {
+                y[i * rows + r0..i * rows + r0 + len].copy_from_slice(&out[i * len..(i + 1) * len]);
+            }
+        }
+    }
+}
+
+fn int_tile(
+    m: &QMatrix,
+    k: &IntKernel,
+    acts: &QActs,
+    r: Range,
+    i: Range,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let (r0, i0) = (r.start, i.start);
+    if i.len() == 1 {
+        let a = acts.row(i0);
+        for row in r {
+            out[row - r0] = (k.dot1)(m.row_data(row), &a);
+        }
+        return;
+    }
+    let mut t0 = r.start;
+    while t0 < r.end {
+        let t1 = (t0 + TILE_ROWS).min(r.end);
+        let mut ib = i.start;
+        while ib + 4 <= i.end {
+            let a = [
+                acts.row(ib),
+                acts.row(ib + 1),
+                acts.row(ib + 2),
+                acts.row(ib + 3),
+            ];
+            for row in t0..t1 {
+                let mut o = [0f32; 4];
+                (k.dot4)(m.row_data(row), &a, &mut o);
+                for (q, v) in o.iter().enumerate() {
+                    out[(ib + q - i0) * ldo + row - r0] = *v;
+                }
+            }
+            ib += 4;
+        }
+        for ii in ib..i.end {
+            let a = acts.row(ii);
+            for row in t0..t1 {
+                out[(ii - i0) * ldo + row - r0] = (k.dot1)(m.row_data(row), &a);
+            }
+        }
+        t0 = t1;
+    }
+}
+
+fn float_tile(m: &QMatrix, x: &[f32], r: Range, i: Range, out: &mut [f32], ldo: usize) {
+    if i.len() > 1 && m.dtype != DType::F32 {
+        return exact_tile(m, x, r, i, out, ldo);
+    }
+    let cols = m.cols;
+    for row in r.clone() {
+        let w = m.row_data(row);
+        for ii in i.clone() {
+            out[(ii - i.start) * ldo + row - r.start] =
+                float::dot_float_row(m.dtype, w, &x[ii * cols..(ii + 1) * cols]);
+        }
+    }
+}
+
+fn exact_tile(m: &QMatrix, x: &[f32], r: Range, i: Range, out: &mut [f32], ldo: usize) {
+    let cols = m.cols;
+    let mut buf = vec![0f32; cols];
+    for row in r.clone() {
+        dequant::dequantize(m.dtype, m.row_data(row), &mut buf);
+        for ii in i.clone() {
+            out[(ii - i.start) * ldo + row - r.start] =
+                float::dot_f32(&buf, &x[ii * cols..(ii + 1) * cols]);
+        }
+    }
+}

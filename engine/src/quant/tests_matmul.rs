@@ -1,0 +1,149 @@
+//! Matmul tests: integer path and exact path against an f64 reference, SIMD kernels
+//! against the portable ones, the activation quantizers against each other, and
+//! every parallel split (n = 1, a few rows, many rows).
+
+use super::act::{quantize_acts_scalar, QActs};
+use super::matmul::{int_kernel, matmul_int, portable_int_kernel};
+use super::tests::Rng;
+use super::*;
+
+/// f64 reference `y = x·Wᵀ` over the dequantized weights; returns y.
+fn reference(m: &QMatrix, x: &[f32], n: usize) -> Vec<f64> {
+    let w = m.to_f32();
+    let mut y = vec![0f64; n * m.rows];
+    for i in 0..n {
+        for r in 0..m.rows {
+            y[i * m.rows + r] = (0..m.cols)
+                .map(|c| w[r * m.cols + c] as f64 * x[i * m.cols + c] as f64)
+                .sum();
+        }
+    }
+    y
+}
+
+/// Relative error ‖got − want‖ / ‖want‖, plus the worst element for the message.
+fn rel_err(got: &[f32], want: &[f64]) -> (f64, String) {
+    let mut num = 0f64;
+    let mut den = 0f64;
+    let mut worst = (0f64, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let d = (g as f64 - w).abs();
+        num += d * d;
+        den += w * w;
+        if d > worst.0 {
+            worst = (d, i);
+        }
+    }
+    let rel = (num / den.max(1e-30)).sqrt();
+    let i = worst.1;
+    (rel, format!("worst element {i}: got {} want {}", got[i], want[i]))
+}
+
+const MATMUL_TYPES: [DType; 15] = DType::ALL;
+
+#[test]
+fn matmul_matches_f64_reference() {
+    let mut rng = Rng::new(5);
+    // cols multiple of 256 so every type is allowed; rows not a multiple of 4.
+    let (rows, cols) = (37, 512);
+    let w = rng.vec(rows * cols, 0.3);
+    for dtype in MATMUL_TYPES {
+        let m = QMatrix::quantize_from_f32(dtype, rows, cols, &w);
+        for n in [1, 2, 5, 16, 23] {
+            let x = rng.vec(n * cols, 1.0);
+            let want = reference(&m, &x, n);
+
+            let mut y = vec![f32::NAN; n * rows];
+            m.matmul_exact(&x, n, &mut y);
+            let (rel, msg) = rel_err(&y, &want);
+            assert!(rel <= 1e-5, "{dtype} n={n} exact: rel {rel}; {msg}");
+
+            let mut y = vec![f32::NAN; n * rows];
+            m.matmul(&x, n, &mut y);
+            let (rel, msg) = rel_err(&y, &want);
+            let bound = if dtype.is_quantized() { 1e-2 } else { 1e-5 };
+            assert!(rel <= bound, "{dtype} n={n} matmul: rel {rel}; {msg}");
+        }
+    }
+}
+
+#[test]
+fn simd_kernels_match_portable() {
+    let mut rng = Rng::new(9);
+    let (rows, cols) = (13, 768);
+    let w = rng.vec(rows * cols, 0.3);
+    for dtype in MATMUL_TYPES {
+        let (Some(fast), Some(port)) = (int_kernel(dtype), portable_int_kernel(dtype)) else {
+            continue;
+        };
+        let m = QMatrix::quantize_from_f32(dtype, rows, cols, &w);
+        for n in [1, 4, 7] {
+            let x = rng.vec(n * cols, 1.0);
+            let mut a = vec![0f32; n * rows];
+            let mut b = vec![0f32; n * rows];
+            matmul_int(&m, &fast, &x, n, &mut a);
+            matmul_int(&m, &port, &x, n, &mut b);
+            for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+                let tol = 1e-5 * (1.0 + q.abs());
+                assert!((p - q).abs() <= tol, "{dtype} n={n} elem {i}: simd {p} portable {q}");
+            }
+        }
+    }
+}
+
+#[test]
+fn act_quantizers_agree() {
+    let mut rng = Rng::new(21);
+    for block in [32, 256] {
+        let mut x = rng.vec(3 * 512, 2.0);
+        x[5] = 0.0;
+        x[100..132].iter_mut().for_each(|v| *v = 0.0); // an all-zero block
+        let fast = QActs::quantize(&x, 512, block);
+        let mut slow = QActs::quantize(&x, 512, block);
+        quantize_acts_scalar(&x, &mut slow);
+        assert_eq!(fast.qs, slow.qs);
+        assert_eq!(fast.ds, slow.ds);
+        assert_eq!(fast.bsums, slow.bsums);
+        // And the quantization itself is accurate.
+        for (i, &v) in x.iter().enumerate() {
+            let d = fast.ds[2 * (i / block)];
+            assert!((fast.qs[i] as f32 * d - v).abs() <= d * 0.5 + 1e-6);
+        }
+    }
+}
+
+#[test]
+fn large_parallel_shapes() {
+    // Big enough to take every parallel split; compare integer path to exact path.
+    let mut rng = Rng::new(1);
+    let (rows, cols) = (300, 576);
+    let w = rng.vec(rows * cols, 0.2);
+    for dtype in [DType::Q4_1, DType::Q8_0, DType::F16] {
+        let m = QMatrix::quantize_from_f32(dtype, rows, cols, &w);
+        for n in [1, 3, 40] {
+            let x = rng.vec(n * cols, 1.0);
+            let mut a = vec![0f32; n * rows];
+            let mut b = vec![0f32; n * rows];
+            m.matmul(&x, n, &mut a);
+            m.matmul_exact(&x, n, &mut b);
+            let want: Vec<f64> = b.iter().map(|&v| v as f64).collect();
+            let (rel, msg) = rel_err(&a, &want);
+            assert!(rel <= 1e-2, "{dtype} n={n}: rel {rel}; {msg}");
+        }
+    }
+}
+
+#[test]
+fn degenerate_shapes() {
+    let m = QMatrix::from_f32(0, 4, &[]);
+    let mut y: Vec<f32> = vec![];
+    m.matmul(&[1.0; 8], 2, &mut y);
+    let m = QMatrix::from_f32(3, 0, &[]);
+    let mut y = vec![f32::NAN; 6];
+    m.matmul(&[], 2, &mut y);
+    assert!(y.iter().all(|&v| v == 0.0));
+    let m = QMatrix::quantize_from_f32(DType::Q4_0, 2, 0, &[]);
+    let mut y = vec![f32::NAN; 2];
+    m.matmul(&[], 1, &mut y);
+    assert!(y.iter().all(|&v| v == 0.0));
+}
