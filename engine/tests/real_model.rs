@@ -48,8 +48,10 @@ fn smollm2_knows_the_capital_of_france() {
     let model = load_model(path.to_str().unwrap(), &offline()).unwrap();
     assert_eq!(model.config.num_layers, 30);
     let mut engine = Engine::new(model, EngineConfig::default()).unwrap();
-    let text = generate(&mut engine, "The capital of France is", 8);
+    let text = generate(&mut engine, "The capital of France is", 12);
     assert!(text.starts_with(" Paris"), "got {text:?}");
+    // llama.cpp's greedy continuation of the same prompt starts the same way.
+    assert!(text.starts_with(" Paris.\n\nThe United States has a population"), "got {text:?}");
 }
 
 #[test]
@@ -80,5 +82,8 @@ fn smollm2_chat_answers() {
             text.push_str(&o.text);
         }
     }
-    assert!(text.contains("Paris"), "got {text:?}");
+    // SmolLM2-135M (Q4_1) answers this one badly; what matters is that we run the
+    // model exactly as llama.cpp does: its greedy answer to the same chat (measured
+    // with llama-cpp-python, 2 threads, 2026-11-21) begins with these words.
+    assert!(text.starts_with("L'Étoile, la Marseillaise, la femme"), "got {text:?}");
 }
