@@ -60,22 +60,18 @@ def parse_args() -> argparse.Namespace:
 
 def clear_kv(llm) -> None:
     """Empty the KV cache and llama-cpp-python's token bookkeeping."""
-    llm.reset()  # n_tokens = 0
-    ctx = llm._ctx  # internal wrapper; the method name changed across versions
-    for name in ("memory_clear", "kv_cache_clear"):
-        fn = getattr(ctx, name, None)
-        if fn is not None:
-            try:
-                fn(True)
-            except TypeError:
-                fn()
-            return
+    llm.reset()  # n_tokens = 0; eval() then drops cached positions >= 0 too
+    clear = getattr(llm._ctx, "kv_cache_clear", None)  # internal; name varies by version
+    if clear is not None:
+        clear()
+
+
+def last_logits(llm, np):
+    """Logits of the last evaluated token (llm.scores is not filled without logits_all)."""
     import llama_cpp
 
-    if hasattr(llama_cpp, "llama_memory_clear"):
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx.ctx), True)
-    else:
-        llama_cpp.llama_kv_cache_clear(ctx.ctx)
+    ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
 
 
 def exact_tokens(llm, n: int) -> list[int]:
@@ -99,12 +95,12 @@ def time_decode(llm, np, prompt: list[int], n_gen: int) -> tuple[float, list[int
     """Greedy batch-1 decode; returns (seconds for tokens 2..n_gen, generated ids)."""
     clear_kv(llm)
     llm.eval(prompt)
-    tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    tok = int(np.argmax(last_logits(llm, np)))
     out = [tok]
     t0 = time.perf_counter()
     for _ in range(n_gen - 1):
         llm.eval([tok])
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = int(np.argmax(last_logits(llm, np)))
         out.append(tok)
     return time.perf_counter() - t0, out
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317  # phase functions are invoked indirectly through phase()
 # pdserve's one test command (CI runs it through .ci/run).
 #
 # Phases, each timed:
@@ -129,8 +130,12 @@ install_prereqs() {
             return 1
         fi
         echo "installing: ${missing[*]}"
-        apt-get update -qq || return 1
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null || return 1
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --no-install-recommends "${missing[@]}"; } </dev/null >"$LOGDIR/apt.log" 2>&1; then
+            tail -n 30 "$LOGDIR/apt.log" >&2
+            echo "apt-get install ${missing[*]} failed" >&2
+            return 1
+        fi
     fi
     local tool
     for tool in cargo rustc; do
@@ -227,24 +232,31 @@ run_e2e() {
 }
 
 # ---- main -------------------------------------------------------------------
-echo "pdserve tests in $ROOT (cache $PDSERVE_CACHE, $(nproc) cores)"
+# Everything runs from inside main(), so bash has parsed the whole file before
+# the first command: editing or checking out this file mid-run cannot derail it.
+main() {
+    echo "pdserve tests in $ROOT (cache $PDSERVE_CACHE, $(nproc) cores)"
 
-if [ "${PDSERVE_SKIP_APT:-0}" = 1 ]; then
-    skip_phase prereqs "PDSERVE_SKIP_APT=1"
-else
-    phase prereqs install_prereqs || fatal "prerequisites missing"
-fi
-phase assets bash scripts/fetch-assets.sh || fatal "model assets unavailable"
-phase venv setup_venv || fatal "Python venv for end-to-end tests could not be set up"
-phase fmt cargo fmt --all -- --check
-phase clippy cargo clippy --workspace --all-targets -- -D warnings
-if phase build cargo build --release; then BUILD_OK=1; else BUILD_OK=0; fi
-phase test run_cargo_tests
-if [ "$BUILD_OK" = 1 ]; then
-    phase e2e run_e2e
-else
-    skip_phase e2e "no release build"
-fi
+    if [ "${PDSERVE_SKIP_APT:-0}" = 1 ]; then
+        skip_phase prereqs "PDSERVE_SKIP_APT=1"
+    else
+        phase prereqs install_prereqs || fatal "prerequisites missing"
+    fi
+    phase assets bash scripts/fetch-assets.sh || fatal "model assets unavailable"
+    phase venv setup_venv || fatal "Python venv for end-to-end tests could not be set up"
+    phase fmt cargo fmt --all -- --check
+    phase clippy cargo clippy --workspace --all-targets -- -D warnings
+    if phase build cargo build --release; then BUILD_OK=1; else BUILD_OK=0; fi
+    phase test run_cargo_tests
+    if [ "$BUILD_OK" = 1 ]; then
+        phase e2e run_e2e
+    else
+        skip_phase e2e "no release build"
+    fi
 
-print_summary
-[ "$FAILED" = 0 ]
+    print_summary
+    [ "$FAILED" = 0 ]
+}
+
+main "$@"
+exit $?
