@@ -13,6 +13,8 @@
 #   {"engine":"llama.cpp","decode_tok_s":..,"prefill512_tok_s":..,...}
 set -euo pipefail
 
+export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${PDSERVE_CACHE:-$HOME/.cache/pdserve}"
 VENV="$CACHE/venv-llamacpp"

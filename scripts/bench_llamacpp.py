@@ -184,7 +184,7 @@ def main() -> int:
         f"median {result['prefill_tok_s_median']} tok/s"
     )
     log(f"greedy continuation (first run): {llm.detokenize(first_out[:24]).decode(errors='replace')!r}")
-    print(json.dumps(result), flush=True)
+    print(json.dumps(result, separators=(",", ":")), flush=True)
     return 0
 
 

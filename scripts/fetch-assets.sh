@@ -24,6 +24,8 @@
 #   -q         quiet: only print errors and the final line
 set -euo pipefail
 
+export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+
 CACHE="${PDSERVE_CACHE:-$HOME/.cache/pdserve}"
 MODELS="$CACHE/models"
 WHEELS="$CACHE/wheels"

@@ -30,6 +30,8 @@
 # Exit 0 = pass, 77 = skipped (print why), anything else = fail.
 set -uo pipefail
 
+export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 ROOT="$(pwd)"
 
