@@ -1,0 +1,264 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2317  # phase functions are invoked indirectly through phase()
+# pdserve's one test command (CI runs it through .ci/run).
+#
+# Phases, each timed:
+#   prereqs  Debian packages the build needs (skipped when already installed)
+#   assets   scripts/fetch-assets.sh: real model + tokenizer into the cache
+#   venv     Python venv with the end-to-end test clients (scripts/requirements-e2e.txt)
+#   fmt      cargo fmt --all -- --check
+#   clippy   cargo clippy --workspace --all-targets -- -D warnings
+#   build    cargo build --release (the binary the end-to-end tests run)
+#   test     cargo test --workspace (PDSERVE_MODELS_DIR exported for real-model tests)
+#   e2e      every tests/e2e/*.py, run with the venv's python
+#
+# A failing phase does not stop the later ones (so one run reports everything),
+# except that prereqs/assets failures are fatal and e2e is skipped without a
+# release build. Exit status is non-zero when any phase failed. The last line
+# sums the individual tests: "tests: N passed, N failed, N skipped".
+#
+# Environment:
+#   PDSERVE_CACHE       cache root (default ~/.cache/pdserve)
+#   PDSERVE_MODELS_DIR  model directory (default $PDSERVE_CACHE/models)
+#   PDSERVE_SKIP_APT=1  do not check/install Debian packages
+#   PDSERVE_FAIL_FAST=1 stop at the first failing phase
+#   PDSERVE_FETCH_LARGE=1  also fetch the optional large model
+#
+# End-to-end tests: each tests/e2e/*.py (names starting with "_" are helpers)
+# is one test, run as `$PDSERVE_VENV/bin/python FILE` from the repo root with
+# PDSERVE_BIN (the release binary), PDSERVE_MODELS_DIR and PDSERVE_CACHE set.
+# Exit 0 = pass, 77 = skipped (print why), anything else = fail.
+set -uo pipefail
+
+export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+ROOT="$(pwd)"
+
+export PDSERVE_CACHE="${PDSERVE_CACHE:-$HOME/.cache/pdserve}"
+export PDSERVE_MODELS_DIR="${PDSERVE_MODELS_DIR:-$PDSERVE_CACHE/models}"
+export PDSERVE_VENV="${PDSERVE_VENV:-$PDSERVE_CACHE/venv}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+PYTHON="${PYTHON:-python3}"
+LOGDIR="$(mktemp -d "${TMPDIR:-/tmp}/pdserve-test.XXXXXX")"
+trap 'rm -rf "$LOGDIR"' EXIT
+
+# Debian packages: pkg-config for -sys crates; libclang for bindgen (nixl-sys).
+APT_PACKAGES=(pkg-config libclang1-14 libclang-common-14-dev)
+
+if ! command -v cargo >/dev/null && [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+
+T_START=$(date +%s)
+PHASES=()
+FAILED=0
+TESTS_PASSED=0
+TESTS_FAILED=0
+TESTS_SKIPPED=0
+
+fmt_secs() {
+    local s="$1"
+    if [ "$s" -ge 60 ]; then printf '%dm%02ds' $((s / 60)) $((s % 60)); else printf '%ds' "$s"; fi
+}
+
+print_summary() {
+    local p
+    echo
+    echo "==================== pdserve test summary ===================="
+    for p in "${PHASES[@]}"; do echo "  $p"; done
+    echo "  total     $(fmt_secs $(($(date +%s) - T_START)))"
+    if [ "$FAILED" = 0 ]; then
+        echo "test.sh: all phases passed"
+    else
+        echo "test.sh: FAILED ($FAILED phase(s) failed)"
+    fi
+    echo "tests: $TESTS_PASSED passed, $TESTS_FAILED failed, $TESTS_SKIPPED skipped"
+}
+
+# phase NAME CMD...: run CMD, time it, record the result.
+phase() {
+    local name="$1"
+    shift
+    local t0 rc
+    echo
+    echo "==> [$name] $*"
+    t0=$(date +%s)
+    "$@"
+    rc=$?
+    local dt=$(($(date +%s) - t0))
+    if [ "$rc" = 0 ]; then
+        PHASES+=("$(printf '%-9s ok      %s' "$name" "$(fmt_secs "$dt")")")
+        echo "<== [$name] ok ($(fmt_secs "$dt"))"
+    else
+        PHASES+=("$(printf '%-9s FAILED  %s (exit %s)' "$name" "$(fmt_secs "$dt")" "$rc")")
+        echo "<== [$name] FAILED with exit $rc ($(fmt_secs "$dt"))"
+        FAILED=$((FAILED + 1))
+        if [ "${PDSERVE_FAIL_FAST:-0}" = 1 ]; then
+            print_summary
+            exit 1
+        fi
+    fi
+    return "$rc"
+}
+
+skip_phase() {
+    PHASES+=("$(printf '%-9s skipped (%s)' "$1" "$2")")
+    echo
+    echo "--- [$1] skipped: $2"
+}
+
+fatal() {
+    print_summary
+    echo "test.sh: stopping: $*" >&2
+    exit 1
+}
+
+# ---- phases -----------------------------------------------------------------
+install_prereqs() {
+    local missing=() p
+    for p in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    command -v "$PYTHON" >/dev/null || missing+=(python3 python3-venv)
+    command -v npm >/dev/null || missing+=(npm)
+    command -v g++ >/dev/null || missing+=(build-essential)
+    if [ "${#missing[@]}" = 0 ]; then
+        echo "all Debian prerequisites present: ${APT_PACKAGES[*]}"
+    else
+        if [ "$(id -u)" != 0 ]; then
+            echo "missing Debian packages: ${missing[*]} (run: sudo apt-get install ${missing[*]})" >&2
+            return 1
+        fi
+        echo "installing: ${missing[*]}"
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --no-install-recommends "${missing[@]}"; } </dev/null >"$LOGDIR/apt.log" 2>&1; then
+            tail -n 30 "$LOGDIR/apt.log" >&2
+            echo "apt-get install ${missing[*]} failed" >&2
+            return 1
+        fi
+    fi
+    local tool
+    for tool in cargo rustc; do
+        command -v "$tool" >/dev/null || {
+            echo "$tool not found: install a Rust toolchain (rustup) first" >&2
+            return 1
+        }
+    done
+    cargo fmt --version >/dev/null 2>&1 || {
+        echo "rustfmt missing: rustup component add rustfmt" >&2
+        return 1
+    }
+    cargo clippy --version >/dev/null 2>&1 || {
+        echo "clippy missing: rustup component add clippy" >&2
+        return 1
+    }
+    cargo --version
+    rustc --version
+}
+
+setup_venv() {
+    local req="$ROOT/scripts/requirements-e2e.txt"
+    local stamp="$PDSERVE_VENV/.pdserve-requirements.sha256"
+    local want
+    want="$(sha256sum "$req" | cut -d' ' -f1)"
+    if [ -x "$PDSERVE_VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        echo "venv up to date: $PDSERVE_VENV"
+        return 0
+    fi
+    if [ ! -x "$PDSERVE_VENV/bin/python" ]; then
+        "$PYTHON" -m venv "$PDSERVE_VENV" || return 1
+    fi
+    local n
+    for n in 1 2 3; do
+        if "$PDSERVE_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"; then
+            echo "$want" >"$stamp"
+            echo "venv ready: $PDSERVE_VENV"
+            return 0
+        fi
+        echo "pip install attempt $n failed" >&2
+        sleep $((2 * n))
+    done
+    return 1
+}
+
+run_cargo_tests() {
+    local log="$LOGDIR/cargo-test.log" rc
+    cargo test --workspace 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    # "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out"
+    local counts
+    counts="$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed; \([0-9]*\) ignored.*/\1 \2 \3/p' "$log" |
+        awk '{p+=$1; f+=$2; i+=$3} END {print p+0, f+0, i+0}')"
+    local p f i
+    read -r p f i <<<"$counts"
+    TESTS_PASSED=$((TESTS_PASSED + p))
+    TESTS_FAILED=$((TESTS_FAILED + f))
+    TESTS_SKIPPED=$((TESTS_SKIPPED + i))
+    echo "cargo test: $p passed, $f failed, $i ignored"
+    return "$rc"
+}
+
+run_e2e() {
+    export PDSERVE_BIN="$ROOT/target/release/pdserve"
+    local f rc any=0 failed=0
+    for f in "$ROOT"/tests/e2e/*.py; do
+        [ -e "$f" ] || continue
+        case "$(basename "$f")" in _*) continue ;; esac
+        any=1
+        echo "--- e2e: ${f#"$ROOT"/}"
+        local t0
+        t0=$(date +%s)
+        "$PDSERVE_VENV/bin/python" "$f" </dev/null
+        rc=$?
+        local dt=$(($(date +%s) - t0))
+        case "$rc" in
+            0)
+                TESTS_PASSED=$((TESTS_PASSED + 1))
+                echo "--- e2e: ${f#"$ROOT"/} ok ($(fmt_secs "$dt"))"
+                ;;
+            77)
+                TESTS_SKIPPED=$((TESTS_SKIPPED + 1))
+                echo "--- e2e: ${f#"$ROOT"/} skipped ($(fmt_secs "$dt"))"
+                ;;
+            *)
+                TESTS_FAILED=$((TESTS_FAILED + 1))
+                failed=1
+                echo "--- e2e: ${f#"$ROOT"/} FAILED with exit $rc ($(fmt_secs "$dt"))"
+                ;;
+        esac
+    done
+    [ "$any" = 1 ] || echo "no end-to-end tests (tests/e2e/*.py)"
+    return "$failed"
+}
+
+# ---- main -------------------------------------------------------------------
+# Everything runs from inside main(), so bash has parsed the whole file before
+# the first command: editing or checking out this file mid-run cannot derail it.
+main() {
+    echo "pdserve tests in $ROOT (cache $PDSERVE_CACHE, $(nproc) cores)"
+
+    if [ "${PDSERVE_SKIP_APT:-0}" = 1 ]; then
+        skip_phase prereqs "PDSERVE_SKIP_APT=1"
+    else
+        phase prereqs install_prereqs || fatal "prerequisites missing"
+    fi
+    phase assets bash scripts/fetch-assets.sh || fatal "model assets unavailable"
+    phase venv setup_venv || fatal "Python venv for end-to-end tests could not be set up"
+    phase fmt cargo fmt --all -- --check
+    phase clippy cargo clippy --workspace --all-targets -- -D warnings
+    if phase build cargo build --release; then BUILD_OK=1; else BUILD_OK=0; fi
+    phase test run_cargo_tests
+    if [ "$BUILD_OK" = 1 ]; then
+        phase e2e run_e2e
+    else
+        skip_phase e2e "no release build"
+    fi
+
+    print_summary
+    [ "$FAILED" = 0 ]
+}
+
+main "$@"
+exit $?
