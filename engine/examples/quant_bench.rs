@@ -142,6 +142,30 @@ fn bench_model(path: &std::path::Path, reps: usize, n_prefill: usize) {
         }
         head.matmul(&x[..head.cols], 1, &mut yh);
     });
+    // The same step with Q/K/V and gate/up fused through `matmul_many`.
+    let mut y2 = vec![0f32; max_rows];
+    let mut y3 = vec![0f32; max_rows];
+    let fused = best_of(reps, || {
+        for l in mats.chunks_exact(7) {
+            let (q, k, v) = (&l[0], &l[1], &l[2]);
+            QMatrix::matmul_many(
+                &[q, k, v],
+                &x[..q.cols],
+                1,
+                &mut [&mut y[..q.rows], &mut y2[..k.rows], &mut y3[..v.rows]],
+            );
+            l[3].matmul(&x[..l[3].cols], 1, &mut y[..l[3].rows]);
+            let (g, u) = (&l[4], &l[5]);
+            QMatrix::matmul_many(&[g, u], &x[..g.cols], 1, &mut [&mut y[..g.rows], &mut y2[..u.rows]]);
+            l[6].matmul(&x[..l[6].cols], 1, &mut y[..l[6].rows]);
+        }
+        head.matmul(&x[..head.cols], 1, &mut yh);
+    });
+    println!(
+        "decode step with fused qkv / gate+up: {:.2} ms -> {:.1} tok/s",
+        fused * 1e3,
+        1.0 / fused
+    );
     let t_head = best_of(reps, || head.matmul(&x[..head.cols], 1, &mut yh));
     println!(
         "decode step (weights only): {:.2} ms -> {:.1} tok/s, {:.2} GB/s (lm_head alone {:.2} ms)",

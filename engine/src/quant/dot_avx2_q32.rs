@@ -16,14 +16,6 @@ use std::arch::x86_64::*;
 use super::act::ActRow;
 use super::dot_avx2::hsum;
 
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16(p: *const u8) -> f32 {
-    // SAFETY: the caller guarantees 2 readable bytes at `p`.
-    let h = unsafe { (p as *const u16).read_unaligned() };
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
-}
-
 /// 16 packed bytes → 32 nibbles: low nibbles are values 0..16, high 16..32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -257,6 +257,18 @@ impl QMatrix {
         matmul::matmul_exact(self, x, n, y);
     }
 
+    /// Several matrices with the same `cols` applied to the same `x`
+    /// (`ys[j] = x · msⱼᵀ`, each n×rows_j) in one parallel region, quantizing `x`
+    /// once when they share a type — e.g. Q/K/V or gate/up projections. Results are
+    /// identical to separate [`QMatrix::matmul`] calls.
+    pub fn matmul_many(ms: &[&QMatrix], x: &[f32], n: usize, ys: &mut [&mut [f32]]) {
+        assert_eq!(ms.len(), ys.len(), "matmul_many: one output per matrix");
+        for (m, y) in ms.iter().zip(ys.iter()) {
+            m.check_matmul_args(x, n, y);
+        }
+        matmul::matmul_many(ms, x, n, ys);
+    }
+
     fn check_matmul_args(&self, x: &[f32], n: usize, y: &[f32]) {
         assert_eq!(x.len(), n * self.cols, "matmul: x must be n×cols");
         assert_eq!(y.len(), n * self.rows, "matmul: y must be n×rows");
