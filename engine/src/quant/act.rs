@@ -76,6 +76,28 @@ impl ActRow<'_> {
     }
 }
 
+/// Four activation rows processed together, with their block scales transposed so
+/// that one load gives the four rows' values: for block b,
+/// `ds4[8b..8b + 8] = [d₀, d₁, d₂, d₃, s₀, s₁, s₂, s₃]`.
+pub struct ActTile4<'a> {
+    pub rows: [ActRow<'a>; 4],
+    pub ds4: Vec<f32>,
+}
+
+impl<'a> ActTile4<'a> {
+    pub fn new(rows: [ActRow<'a>; 4]) -> ActTile4<'a> {
+        let nb = rows[0].nb();
+        let mut ds4 = vec![0f32; 8 * nb];
+        for (b, chunk) in ds4.chunks_exact_mut(8).enumerate() {
+            for (r, row) in rows.iter().enumerate() {
+                chunk[r] = row.d(b);
+                chunk[4 + r] = row.s(b);
+            }
+        }
+        ActTile4 { rows, ds4 }
+    }
+}
+
 /// Portable quantizer; the AVX2 one must produce identical output.
 pub fn quantize_acts_scalar(x: &[f32], a: &mut QActs) {
     let block = a.block;

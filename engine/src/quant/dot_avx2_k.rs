@@ -16,7 +16,7 @@
 
 use std::arch::x86_64::*;
 
-use super::act::ActRow;
+use super::act::{ActRow, ActTile4};
 use super::blocks::scale_min_k4;
 use super::dot_avx2::hsum;
 
@@ -194,7 +194,8 @@ macro_rules! kernels {
             hsum(acc)
         }
 
-        pub fn $dot4(w: &[u8], a: &[ActRow<'_>; 4], out: &mut [f32; 4]) {
+        pub fn $dot4(w: &[u8], a: &ActTile4<'_>, out: &mut [f32; 4]) {
+            let a = &a.rows;
             let nb = a[0].nb();
             for r in a {
                 assert_eq!(check(w, r, $bytes), nb);

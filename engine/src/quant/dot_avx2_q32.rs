@@ -13,7 +13,7 @@
 
 use std::arch::x86_64::*;
 
-use super::act::ActRow;
+use super::act::{ActRow, ActTile4};
 use super::dot_avx2::hsum;
 
 /// 16 packed bytes → 32 nibbles: low nibbles are values 0..16, high 16..32.
@@ -105,10 +105,10 @@ macro_rules! kernels {
             hsum(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_movehdup_ps(macc))
         }
 
-        pub fn $dot4(w: &[u8], a: &[ActRow<'_>; 4], out: &mut [f32; 4]) {
-            let nb = a[0].nb();
-            assert!(w.len() >= nb * $bytes);
-            for r in a {
+        pub fn $dot4(w: &[u8], a: &ActTile4<'_>, out: &mut [f32; 4]) {
+            let nb = a.rows[0].nb();
+            assert!(w.len() >= nb * $bytes && a.ds4.len() >= 8 * nb);
+            for r in &a.rows {
                 assert!(r.nb() == nb && r.qs.len() >= 32 * nb);
             }
             // SAFETY: as for the one-row kernel.
@@ -116,32 +116,41 @@ macro_rules! kernels {
         }
 
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn $impl4(w: &[u8], a: &[ActRow<'_>; 4], nb: usize, out: &mut [f32; 4]) {
+        unsafe fn $impl4(w: &[u8], a: &ActTile4<'_>, nb: usize, out: &mut [f32; 4]) {
             let ones = _mm256_set1_epi16(1);
+            let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+            let lane: [__m256i; 4] = std::array::from_fn(|r| _mm256_set1_epi32(r as i32));
             let mut acc = [_mm256_setzero_ps(); 4];
-            let mut macc = [_mm_setzero_ps(); 4];
+            let mut macc = _mm256_setzero_ps();
+            let qp: [*const i8; 4] = std::array::from_fn(|r| a.rows[r].qs.as_ptr());
             for b in 0..nb {
-                // SAFETY: block b lies within `w`, activations within `a` (asserted).
+                // SAFETY: block b lies within `w`, activations and ds4 within `a`
+                // (asserted).
                 unsafe {
                     let $p = w.as_ptr().add(b * $bytes);
                     let (q, dm): (__m256i, __m128) = $decode;
+                    // [dw·d₀..dw·d₃, mw·s₀..mw·s₃]
+                    let k = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(dm), spread);
+                    let sc = _mm256_mul_ps(k, _mm256_loadu_ps(a.ds4.as_ptr().add(8 * b)));
+                    macc = _mm256_add_ps(macc, sc);
                     let qa = if $signed { _mm256_sign_epi8(q, q) } else { q };
                     for r in 0..4 {
-                        let ar = a.get_unchecked(r);
-                        let av = _mm256_loadu_si256(ar.qs.as_ptr().add(32 * b) as *const __m256i);
+                        let av = _mm256_loadu_si256(qp[r].add(32 * b) as *const __m256i);
                         let av = if $signed { _mm256_sign_epi8(av, q) } else { av };
                         let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(
                             _mm256_maddubs_epi16(qa, av),
                             ones,
                         ));
-                        let sc = _mm_mul_ps(dm, act_ds(ar, b));
-                        acc[r] = _mm256_fmadd_ps(f, _mm256_broadcastss_ps(sc), acc[r]);
-                        macc[r] = _mm_add_ps(macc[r], sc);
+                        let s = _mm256_permutevar8x32_ps(sc, lane[r]);
+                        acc[r] = _mm256_fmadd_ps(f, s, acc[r]);
                     }
                 }
             }
+            let mut mins = [0f32; 8];
+            // SAFETY: `mins` holds 8 floats.
+            unsafe { _mm256_storeu_ps(mins.as_mut_ptr(), macc) };
             for r in 0..4 {
-                out[r] = hsum(acc[r]) + _mm_cvtss_f32(_mm_movehdup_ps(macc[r]));
+                out[r] = hsum(acc[r]) + mins[4 + r];
             }
         }
     };

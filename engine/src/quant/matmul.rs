@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use super::act::{ActRow, QActs};
+use super::act::{ActTile4, QActs};
 use super::{dequant, dot, float, DType, QMatrix};
 
 /// Below this many multiply-adds a matmul runs on the calling thread.
@@ -27,7 +27,7 @@ const SPLIT_ACTS_FROM: usize = 16;
 const TILE_ROWS: usize = 16;
 
 /// Four-row dot: one weight row against four activation rows.
-pub type Dot4Fn = fn(&[u8], &[ActRow<'_>; 4], &mut [f32; 4]);
+pub type Dot4Fn = fn(&[u8], &ActTile4<'_>, &mut [f32; 4]);
 
 /// An integer kernel: activation block size plus 1-row and 4-row dot functions.
 #[derive(Clone, Copy)]
@@ -42,9 +42,9 @@ fn scalar_int_kernel(dtype: DType) -> Option<IntKernel> {
     // Scalar four-row kernels simply call the one-row kernel four times.
     macro_rules! four {
         ($f:path) => {
-            |w: &[u8], a: &[ActRow<'_>; 4], o: &mut [f32; 4]| {
+            |w: &[u8], a: &ActTile4<'_>, o: &mut [f32; 4]| {
                 for k in 0..4 {
-                    o[k] = $f(w, &a[k]);
+                    o[k] = $f(w, &a.rows[k]);
                 }
             }
         };
@@ -232,12 +232,12 @@ fn int_tile(
         let t1 = (t0 + TILE_ROWS).min(r.end);
         let mut ib = i.start;
         while ib + 4 <= i.end {
-            let a = [
+            let a = ActTile4::new([
                 acts.row(ib),
                 acts.row(ib + 1),
                 acts.row(ib + 2),
                 acts.row(ib + 3),
-            ];
+            ]);
             for row in t0..t1 {
                 let mut o = [0f32; 4];
                 (k.dot4)(m.row_data(row), &a, &mut o);
