@@ -78,23 +78,27 @@ impl ActRow<'_> {
 
 /// Four activation rows processed together, with their block scales transposed so
 /// that one load gives the four rows' values: for block b,
-/// `ds4[8b..8b + 8] = [d₀, d₁, d₂, d₃, s₀, s₁, s₂, s₃]`.
+/// `d8[8b..8b + 8] = [d₀, d₁, d₂, d₃, d₀, d₁, d₂, d₃]` (duplicated so that an
+/// in-lane shuffle broadcasts one row's scale) and `s4[4b..4b + 4] = [s₀..s₃]`.
 pub struct ActTile4<'a> {
     pub rows: [ActRow<'a>; 4],
-    pub ds4: Vec<f32>,
+    pub d8: Vec<f32>,
+    pub s4: Vec<f32>,
 }
 
 impl<'a> ActTile4<'a> {
     pub fn new(rows: [ActRow<'a>; 4]) -> ActTile4<'a> {
         let nb = rows[0].nb();
-        let mut ds4 = vec![0f32; 8 * nb];
-        for (b, chunk) in ds4.chunks_exact_mut(8).enumerate() {
+        let mut d8 = vec![0f32; 8 * nb];
+        let mut s4 = vec![0f32; 4 * nb];
+        for b in 0..nb {
             for (r, row) in rows.iter().enumerate() {
-                chunk[r] = row.d(b);
-                chunk[4 + r] = row.s(b);
+                d8[8 * b + r] = row.d(b);
+                d8[8 * b + 4 + r] = row.d(b);
+                s4[4 * b + r] = row.s(b);
             }
         }
-        ActTile4 { rows, ds4 }
+        ActTile4 { rows, d8, s4 }
     }
 }
 

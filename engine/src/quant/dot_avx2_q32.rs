@@ -105,52 +105,65 @@ macro_rules! kernels {
             hsum(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_movehdup_ps(macc))
         }
 
-        pub fn $dot4(w: &[u8], a: &ActTile4<'_>, out: &mut [f32; 4]) {
+        pub fn $dot4(w: &[u8], rb: usize, a: &ActTile4<'_>, out: &mut [f32]) {
             let nb = a.rows[0].nb();
-            assert!(w.len() >= nb * $bytes && a.ds4.len() >= 8 * nb);
+            let nrows = out.len() / 4;
+            assert!(rb >= nb * $bytes && w.len() >= nrows * rb);
+            assert!(a.d8.len() >= 8 * nb && a.s4.len() >= 4 * nb);
             for r in &a.rows {
                 assert!(r.nb() == nb && r.qs.len() >= 32 * nb);
             }
             // SAFETY: as for the one-row kernel.
-            unsafe { $impl4(w, a, nb, out) }
+            unsafe { $impl4(w, rb, a, nb, out) }
         }
 
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn $impl4(w: &[u8], a: &ActTile4<'_>, nb: usize, out: &mut [f32; 4]) {
+        unsafe fn $impl4(w: &[u8], rb: usize, a: &ActTile4<'_>, nb: usize, out: &mut [f32]) {
             let ones = _mm256_set1_epi16(1);
-            let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-            let lane: [__m256i; 4] = std::array::from_fn(|r| _mm256_set1_epi32(r as i32));
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut macc = _mm256_setzero_ps();
             let qp: [*const i8; 4] = std::array::from_fn(|r| a.rows[r].qs.as_ptr());
-            for b in 0..nb {
-                // SAFETY: block b lies within `w`, activations and ds4 within `a`
-                // (asserted).
-                unsafe {
-                    let $p = w.as_ptr().add(b * $bytes);
-                    let (q, dm): (__m256i, __m128) = $decode;
-                    // [dw·d₀..dw·d₃, mw·s₀..mw·s₃]
-                    let k = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(dm), spread);
-                    let sc = _mm256_mul_ps(k, _mm256_loadu_ps(a.ds4.as_ptr().add(8 * b)));
-                    macc = _mm256_add_ps(macc, sc);
-                    let qa = if $signed { _mm256_sign_epi8(q, q) } else { q };
-                    for r in 0..4 {
-                        let av = _mm256_loadu_si256(qp[r].add(32 * b) as *const __m256i);
-                        let av = if $signed { _mm256_sign_epi8(av, q) } else { av };
-                        let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(
-                            _mm256_maddubs_epi16(qa, av),
-                            ones,
-                        ));
-                        let s = _mm256_permutevar8x32_ps(sc, lane[r]);
-                        acc[r] = _mm256_fmadd_ps(f, s, acc[r]);
+            for (row, out) in out.chunks_exact_mut(4).enumerate() {
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let mut macc = _mm_setzero_ps();
+                for b in 0..nb {
+                    // SAFETY: block b of row `row` lies within `w`, activations and
+                    // scales within `a` (asserted by the caller).
+                    unsafe {
+                        let $p = w.as_ptr().add(row * rb + b * $bytes);
+                        let (q, dm): (__m256i, __m128) = $decode;
+                        // [dw·d₀..dw·d₃, dw·d₀..dw·d₃]
+                        let sc = _mm256_mul_ps(
+                            _mm256_broadcastss_ps(dm),
+                            _mm256_loadu_ps(a.d8.as_ptr().add(8 * b)),
+                        );
+                        let mw = _mm_permute_ps::<0b01_01_01_01>(dm);
+                        macc = _mm_fmadd_ps(mw, _mm_loadu_ps(a.s4.as_ptr().add(4 * b)), macc);
+                        let qa = if $signed { _mm256_sign_epi8(q, q) } else { q };
+                        macro_rules! one {
+                            ($r:expr, $imm:expr) => {{
+                                let av = _mm256_loadu_si256(qp[$r].add(32 * b) as *const __m256i);
+                                let av = if $signed { _mm256_sign_epi8(av, q) } else { av };
+                                let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                                    _mm256_maddubs_epi16(qa, av),
+                                    ones,
+                                ));
+                                let s = _mm256_permute_ps::<$imm>(sc);
+                                acc[$r] = _mm256_fmadd_ps(f, s, acc[$r]);
+                            }};
+                        }
+                        one!(0, 0b00_00_00_00);
+                        one!(1, 0b01_01_01_01);
+                        one!(2, 0b10_10_10_10);
+                        one!(3, 0b11_11_11_11);
                     }
                 }
-            }
-            let mut mins = [0f32; 8];
-            // SAFETY: `mins` holds 8 floats.
-            unsafe { _mm256_storeu_ps(mins.as_mut_ptr(), macc) };
-            for r in 0..4 {
-                out[r] = hsum(acc[r]) + mins[4 + r];
+                // Reduce the four accumulators to [Σacc₀, Σacc₁, Σacc₂, Σacc₃].
+                let h01 = _mm256_hadd_ps(acc[0], acc[1]);
+                let h23 = _mm256_hadd_ps(acc[2], acc[3]);
+                let h = _mm256_hadd_ps(h01, h23);
+                let v = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+                let v = _mm_add_ps(v, macc);
+                // SAFETY: `out` has exactly 4 floats.
+                unsafe { _mm_storeu_ps(out.as_mut_ptr(), v) };
             }
         }
     };

@@ -26,8 +26,9 @@ const SPLIT_ACTS_FROM: usize = 16;
 /// Weight rows per cache tile when several activation rows are processed.
 const TILE_ROWS: usize = 16;
 
-/// Four-row dot: one weight row against four activation rows.
-pub type Dot4Fn = fn(&[u8], &ActTile4<'_>, &mut [f32; 4]);
+/// Four-row dot: `out.len() / 4` consecutive weight rows (`w`, `row_bytes` each)
+/// against four activation rows; `out[4·row + r]`.
+pub type Dot4Fn = fn(&[u8], usize, &ActTile4<'_>, &mut [f32]);
 
 /// An integer kernel: activation block size plus 1-row and 4-row dot functions.
 #[derive(Clone, Copy)]
@@ -42,9 +43,11 @@ fn scalar_int_kernel(dtype: DType) -> Option<IntKernel> {
     // Scalar four-row kernels simply call the one-row kernel four times.
     macro_rules! four {
         ($f:path) => {
-            |w: &[u8], a: &ActTile4<'_>, o: &mut [f32; 4]| {
-                for k in 0..4 {
-                    o[k] = $f(w, &a.rows[k]);
+            |w: &[u8], rb: usize, a: &ActTile4<'_>, o: &mut [f32]| {
+                for (row, o) in o.chunks_exact_mut(4).enumerate() {
+                    for k in 0..4 {
+                        o[k] = $f(&w[row * rb..(row + 1) * rb], &a.rows[k]);
+                    }
                 }
             }
         };
@@ -227,6 +230,7 @@ fn int_tile(
         }
         return;
     }
+    let mut o4 = [0f32; 4 * TILE_ROWS];
     let mut t0 = r.start;
     while t0 < r.end {
         let t1 = (t0 + TILE_ROWS).min(r.end);
@@ -238,9 +242,9 @@ fn int_tile(
                 acts.row(ib + 2),
                 acts.row(ib + 3),
             ]);
-            for row in t0..t1 {
-                let mut o = [0f32; 4];
-                (k.dot4)(m.row_data(row), &a, &mut o);
+            let rb = m.row_bytes();
+            (k.dot4)(&m.data.bytes()[t0 * rb..t1 * rb], rb, &a, &mut o4[..4 * (t1 - t0)]);
+            for (row, o) in (t0..t1).zip(o4.chunks_exact(4)) {
                 for (q, v) in o.iter().enumerate() {
                     out[(ib + q - i0) * ldo + row - r0] = *v;
                 }
