@@ -215,3 +215,67 @@ fn dot_float_row_impl(dtype: DType, w: &[u8], x: &[f32]) -> f32 {
     }
     s
 }
+
+/// Four dots sharing one f32 weight row: `[Σ w·x₀, Σ w·x₁, Σ w·x₂, Σ w·x₃]`.
+pub fn dot_f32_x4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+    assert!(available());
+    let n = w.len();
+    assert!(x.iter().all(|x| x.len() == n));
+    // SAFETY: CPU features checked; all five slices have length n.
+    unsafe { dot_f32_x4_impl(w, x) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_f32_x4_impl(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+    let n = w.len();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n and every slice has n elements (checked by the caller).
+        unsafe {
+            let vw = _mm256_loadu_ps(w.as_ptr().add(i));
+            for r in 0..4 {
+                acc[r] = _mm256_fmadd_ps(vw, _mm256_loadu_ps(x[r].as_ptr().add(i)), acc[r]);
+            }
+        }
+        i += 8;
+    }
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        out[r] = hsum(acc[r]);
+        for j in i..n {
+            out[r] += w[j] * x[r][j];
+        }
+    }
+    out
+}
+
+/// F16 / BF16 bytes → f32 (`out.len()` values).
+pub fn dequant_half(dtype: DType, w: &[u8], out: &mut [f32]) {
+    assert!(available());
+    assert!(w.len() >= 2 * out.len());
+    // SAFETY: CPU features checked; `w` holds 2 bytes per output value.
+    unsafe { dequant_half_impl(dtype, w, out) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dequant_half_impl(dtype: DType, w: &[u8], out: &mut [f32]) {
+    let n = out.len();
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n: 16 bytes of `w` and 8 floats of `out` are in bounds.
+        unsafe {
+            let h = _mm_loadu_si128(w.as_ptr().add(2 * i) as *const __m128i);
+            let v = if dtype == DType::F16 {
+                _mm256_cvtph_ps(h)
+            } else {
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+            };
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), v);
+        }
+        i += 8;
+    }
+    for j in i..n {
+        out[j] = if dtype == DType::F16 { f16_at(w, 2 * j) } else { bf16_at(w, 2 * j) };
+    }
+}

@@ -262,7 +262,7 @@ fn int_tile(
 }
 
 fn float_tile(m: &QMatrix, x: &[f32], r: Range, i: Range, out: &mut [f32], ldo: usize) {
-    if i.len() > 1 && m.dtype != DType::F32 {
+    if i.len() > 1 {
         return exact_tile(m, x, r, i, out, ldo);
     }
     let cols = m.cols;
@@ -278,11 +278,28 @@ fn float_tile(m: &QMatrix, x: &[f32], r: Range, i: Range, out: &mut [f32], ldo: 
 fn exact_tile(m: &QMatrix, x: &[f32], r: Range, i: Range, out: &mut [f32], ldo: usize) {
     let cols = m.cols;
     let mut buf = vec![0f32; cols];
+    let xr = |ii: usize| &x[ii * cols..(ii + 1) * cols];
     for row in r.clone() {
-        dequant::dequantize(m.dtype, m.row_data(row), &mut buf);
-        for ii in i.clone() {
-            out[(ii - i.start) * ldo + row - r.start] =
-                float::dot_f32(&buf, &x[ii * cols..(ii + 1) * cols]);
+        let bytes = m.row_data(row);
+        // F32 rows are used in place (QMatrix keeps F32 data 4-byte aligned).
+        let w: &[f32] = match bytemuck::try_cast_slice(bytes) {
+            Ok(w) if m.dtype == DType::F32 => w,
+            _ => {
+                dequant::dequantize(m.dtype, bytes, &mut buf);
+                &buf
+            }
+        };
+        let o = row - r.start;
+        let mut ii = i.start;
+        while ii + 4 <= i.end {
+            let v = float::dot_f32_x4(w, [xr(ii), xr(ii + 1), xr(ii + 2), xr(ii + 3)]);
+            for (q, v) in v.into_iter().enumerate() {
+                out[(ii + q - i.start) * ldo + o] = v;
+            }
+            ii += 4;
+        }
+        for ii in ii..i.end {
+            out[(ii - i.start) * ldo + o] = float::dot_f32(w, xr(ii));
         }
     }
 }
