@@ -30,7 +30,7 @@ pub struct ActRow<'a> {
 impl QActs {
     /// Quantizes `x` (n×cols) in blocks of `block` values.
     pub fn quantize(x: &[f32], cols: usize, block: usize) -> QActs {
-        debug_assert!(cols % block == 0 && block % 16 == 0);
+        debug_assert!(cols.is_multiple_of(block) && block.is_multiple_of(16));
         let nb = x.len() / block;
         let mut a = QActs {
             block,

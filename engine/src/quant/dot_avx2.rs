@@ -27,9 +27,9 @@ pub fn int_kernel(dtype: DType) -> Option<IntKernel> {
     if !available() {
         return None;
     }
+    use super::blocks::{QK, QK_K};
     use super::dot_avx2_k as k;
     use super::dot_avx2_q32 as q;
-    use super::blocks::{QK, QK_K};
     let (block, dot1, dot4): (usize, super::dot::DotFn, super::matmul::Dot4Fn) = match dtype {
         DType::Q4_0 => (QK, q::dot1_q4_0, q::dot4_q4_0),
         DType::Q4_1 => (QK, q::dot1_q4_1, q::dot4_q4_1),
@@ -165,11 +165,8 @@ fn dot_f32_impl(a: &[f32], b: &[f32]) -> f32 {
         i += 8;
     }
     let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let mut s = hsum(v);
-    for j in i..n {
-        s += a[j] * b[j];
-    }
-    s
+    let tail: f32 = a[i..].iter().zip(&b[i..]).map(|(x, y)| x * y).sum();
+    hsum(v) + tail
 }
 
 /// Dot of an F32/F16/BF16 weight row (bytes) with f32 `x`.
@@ -205,13 +202,13 @@ fn dot_float_row_impl(dtype: DType, w: &[u8], x: &[f32]) -> f32 {
         i += 16;
     }
     let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
-    for j in i..n {
+    for (j, xv) in x.iter().enumerate().take(n).skip(i) {
         let wv = match dtype {
             DType::F32 => super::blocks::f32_at(w, 4 * j),
             DType::F16 => f16_at(w, 2 * j),
             _ => bf16_at(w, 2 * j),
         };
-        s += wv * x[j];
+        s += wv * xv;
     }
     s
 }
@@ -275,7 +272,11 @@ fn dequant_half_impl(dtype: DType, w: &[u8], out: &mut [f32]) {
         }
         i += 8;
     }
-    for j in i..n {
-        out[j] = if dtype == DType::F16 { f16_at(w, 2 * j) } else { bf16_at(w, 2 * j) };
+    for (j, o) in out.iter_mut().enumerate().skip(i) {
+        *o = if dtype == DType::F16 {
+            f16_at(w, 2 * j)
+        } else {
+            bf16_at(w, 2 * j)
+        };
     }
 }

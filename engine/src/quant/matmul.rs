@@ -115,7 +115,9 @@ pub fn matmul_exact(m: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
 /// region; when they share an integer kernel, `x` is quantized once.
 pub fn matmul_many(ms: &[&QMatrix], x: &[f32], n: usize, ys: &mut [&mut [f32]]) {
     let Some(first) = ms.first() else { return };
-    let same = ms.iter().all(|m| m.dtype == first.dtype && m.cols == first.cols);
+    let same = ms
+        .iter()
+        .all(|m| m.dtype == first.dtype && m.cols == first.cols);
     match int_kernel(first.dtype) {
         Some(k) if same && first.cols > 0 => {
             let acts = QActs::quantize(x, first.cols, k.block);
@@ -170,7 +172,13 @@ fn run(rows: &[usize], cols: usize, n: usize, ys: &mut [&mut [f32]], tile: &Tile
             for (t, out) in y.chunks_mut(per * rows[j]).enumerate() {
                 let i0 = t * per;
                 let i = i0..i0 + out.len() / rows[j];
-                jobs.push(Job { j, r: 0..rows[j], i, out, ldo: rows[j] });
+                jobs.push(Job {
+                    j,
+                    r: 0..rows[j],
+                    i,
+                    out,
+                    ldo: rows[j],
+                });
             }
         }
     } else if n == 1 {
@@ -179,7 +187,13 @@ fn run(rows: &[usize], cols: usize, n: usize, ys: &mut [&mut [f32]], tile: &Tile
             for (t, out) in y.chunks_mut(per).enumerate() {
                 let r0 = t * per;
                 let len = out.len();
-                jobs.push(Job { j, r: r0..r0 + len, i: 0..1, out, ldo: len });
+                jobs.push(Job {
+                    j,
+                    r: r0..r0 + len,
+                    i: 0..1,
+                    out,
+                    ldo: len,
+                });
             }
         }
     } else {
@@ -243,7 +257,12 @@ fn int_tile(
                 acts.row(ib + 3),
             ]);
             let rb = m.row_bytes();
-            (k.dot4)(&m.data.bytes()[t0 * rb..t1 * rb], rb, &a, &mut o4[..4 * (t1 - t0)]);
+            (k.dot4)(
+                &m.data.bytes()[t0 * rb..t1 * rb],
+                rb,
+                &a,
+                &mut o4[..4 * (t1 - t0)],
+            );
             for (row, o) in (t0..t1).zip(o4.chunks_exact(4)) {
                 for (q, v) in o.iter().enumerate() {
                     out[(ib + q - i0) * ldo + row - r0] = *v;

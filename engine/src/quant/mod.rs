@@ -164,7 +164,7 @@ impl QMatrix {
     /// (`cols % block_len == 0`); copies to aligned storage if the type needs it.
     pub fn new(dtype: DType, rows: usize, cols: usize, data: Storage) -> Result<QMatrix> {
         let bad = |reason: String| EngineError::Config(format!("QMatrix: {reason}"));
-        if cols % dtype.block_len() != 0 {
+        if !cols.is_multiple_of(dtype.block_len()) {
             return Err(bad(format!(
                 "{cols} columns is not a multiple of the {} block length {}",
                 dtype.name(),
@@ -294,9 +294,13 @@ impl QMatrix {
 /// Used by tests and the GGUF writer. Panics if `values.len() != rows × cols` or
 /// `cols` is not a multiple of the block length (programming errors).
 pub fn quantize(dtype: DType, values: &[f32], rows: usize, cols: usize) -> Vec<u8> {
-    assert_eq!(values.len(), rows * cols, "quantize: wrong number of values");
+    assert_eq!(
+        values.len(),
+        rows * cols,
+        "quantize: wrong number of values"
+    );
     assert!(
-        cols % dtype.block_len() == 0,
+        cols.is_multiple_of(dtype.block_len()),
         "quantize: {cols} columns is not a multiple of the {} block length",
         dtype.name()
     );

@@ -36,7 +36,10 @@ fn rel_err(got: &[f32], want: &[f64]) -> (f64, String) {
     }
     let rel = (num / den.max(1e-30)).sqrt();
     let i = worst.1;
-    (rel, format!("worst element {i}: got {} want {}", got[i], want[i]))
+    (
+        rel,
+        format!("worst element {i}: got {} want {}", got[i], want[i]),
+    )
 }
 
 const MATMUL_TYPES: [DType; 15] = DType::ALL;
@@ -85,7 +88,10 @@ fn simd_kernels_match_portable() {
             matmul_int(&m, &port, &x, n, &mut b);
             for (i, (p, q)) in a.iter().zip(&b).enumerate() {
                 let tol = 1e-5 * (1.0 + q.abs());
-                assert!((p - q).abs() <= tol, "{dtype} n={n} elem {i}: simd {p} portable {q}");
+                assert!(
+                    (p - q).abs() <= tol,
+                    "{dtype} n={n} elem {i}: simd {p} portable {q}"
+                );
             }
         }
     }
