@@ -244,33 +244,35 @@ fn int_tile(
         }
         return;
     }
-    let mut o4 = [0f32; 4 * TILE_ROWS];
-    let mut t0 = r.start;
-    while t0 < r.end {
-        let t1 = (t0 + TILE_ROWS).min(r.end);
-        let mut ib = i.start;
-        while ib + 4 <= i.end {
-            let a = ActTile4::new([
+    // Activation rows in groups of four (built once per task), the rest singly.
+    let groups: Vec<ActTile4<'_>> = (0..i.len() / 4)
+        .map(|g| {
+            let ib = i0 + 4 * g;
+            ActTile4::new([
                 acts.row(ib),
                 acts.row(ib + 1),
                 acts.row(ib + 2),
                 acts.row(ib + 3),
-            ]);
-            let rb = m.row_bytes();
-            (k.dot4)(
-                &m.data.bytes()[t0 * rb..t1 * rb],
-                rb,
-                &a,
-                &mut o4[..4 * (t1 - t0)],
-            );
+            ])
+        })
+        .collect();
+    let rest = i0 + 4 * groups.len()..i.end;
+    let rb = m.row_bytes();
+    let bytes = m.data.bytes();
+    let mut o4 = [0f32; 4 * TILE_ROWS];
+    let mut t0 = r.start;
+    while t0 < r.end {
+        let t1 = (t0 + TILE_ROWS).min(r.end);
+        for (g, a) in groups.iter().enumerate() {
+            let ib = i0 + 4 * g;
+            (k.dot4)(&bytes[t0 * rb..t1 * rb], rb, a, &mut o4[..4 * (t1 - t0)]);
             for (row, o) in (t0..t1).zip(o4.chunks_exact(4)) {
                 for (q, v) in o.iter().enumerate() {
                     out[(ib + q - i0) * ldo + row - r0] = *v;
                 }
             }
-            ib += 4;
         }
-        for ii in ib..i.end {
+        for ii in rest.clone() {
             let a = acts.row(ii);
             for row in t0..t1 {
                 out[(ii - i0) * ldo + row - r0] = (k.dot1)(m.row_data(row), &a);
