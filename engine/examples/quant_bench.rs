@@ -103,6 +103,32 @@ fn bench_shapes(dtypes: &[DType], reps: usize) {
     }
 }
 
+/// One decode step with Q/K/V and gate/up fused through `matmul_many`.
+fn fused_step(mats: &[QMatrix], head: &QMatrix, x: &[f32], y: &mut [f32], yh: &mut [f32]) {
+    let max_rows = mats.iter().map(|m| m.rows).max().unwrap_or(0);
+    let mut y2 = vec![0f32; max_rows];
+    let mut y3 = vec![0f32; max_rows];
+    for l in mats.chunks_exact(7) {
+        let (q, k, v) = (&l[0], &l[1], &l[2]);
+        QMatrix::matmul_many(
+            &[q, k, v],
+            &x[..q.cols],
+            1,
+            &mut [&mut y[..q.rows], &mut y2[..k.rows], &mut y3[..v.rows]],
+        );
+        l[3].matmul(&x[..l[3].cols], 1, &mut y[..l[3].rows]);
+        let (g, u) = (&l[4], &l[5]);
+        QMatrix::matmul_many(
+            &[g, u],
+            &x[..g.cols],
+            1,
+            &mut [&mut y[..g.rows], &mut y2[..u.rows]],
+        );
+        l[6].matmul(&x[..l[6].cols], 1, &mut y[..l[6].rows]);
+    }
+    head.matmul(&x[..head.cols], 1, yh);
+}
+
 /// All weight matmuls of the real model: one decode step (n=1) and a prefill of
 /// `n_prefill` tokens (lm_head on the last token only, as a server does).
 fn bench_model(path: &std::path::Path, reps: usize, n_prefill: usize) {
@@ -164,29 +190,7 @@ fn bench_model(path: &std::path::Path, reps: usize, n_prefill: usize) {
         head.matmul(&x[..head.cols], 1, &mut yh);
     });
     // The same step with Q/K/V and gate/up fused through `matmul_many`.
-    let mut y2 = vec![0f32; max_rows];
-    let mut y3 = vec![0f32; max_rows];
-    let fused = best_of(reps, || {
-        for l in mats.chunks_exact(7) {
-            let (q, k, v) = (&l[0], &l[1], &l[2]);
-            QMatrix::matmul_many(
-                &[q, k, v],
-                &x[..q.cols],
-                1,
-                &mut [&mut y[..q.rows], &mut y2[..k.rows], &mut y3[..v.rows]],
-            );
-            l[3].matmul(&x[..l[3].cols], 1, &mut y[..l[3].rows]);
-            let (g, u) = (&l[4], &l[5]);
-            QMatrix::matmul_many(
-                &[g, u],
-                &x[..g.cols],
-                1,
-                &mut [&mut y[..g.rows], &mut y2[..u.rows]],
-            );
-            l[6].matmul(&x[..l[6].cols], 1, &mut y[..l[6].rows]);
-        }
-        head.matmul(&x[..head.cols], 1, &mut yh);
-    });
+    let fused = best_of(reps, || fused_step(&mats, &head, &x, &mut y, &mut yh));
     println!(
         "decode step with fused qkv / gate+up: {:.2} ms -> {:.1} tok/s",
         fused * 1e3,
@@ -207,6 +211,15 @@ fn bench_model(path: &std::path::Path, reps: usize, n_prefill: usize) {
         "decode step inside the rayon pool: {:.2} ms -> {:.1} tok/s",
         in_pool * 1e3,
         1.0 / in_pool
+    );
+    let both = best_of(reps, || {
+        rayon::scope(|_| fused_step(&mats, &head, &x, &mut y, &mut yh))
+    });
+    println!(
+        "decode step inside the pool, fused qkv / gate+up: {:.2} ms -> {:.1} tok/s, {:.2} GB/s",
+        both * 1e3,
+        1.0 / both,
+        bytes as f64 / both / 1e9
     );
     let t_head = best_of(reps, || head.matmul(&x[..head.cols], 1, &mut yh));
     println!(
