@@ -21,8 +21,10 @@ use super::dot_avx2::hsum;
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn nibbles(p: *const u8) -> __m256i {
     // SAFETY: the caller guarantees 16 readable bytes at `p`.
-    let x = unsafe { _mm_loadu_si128(p as *const __m128i) };
-    let v = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(x), _mm_srli_epi16::<4>(x));
+    let x = unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i)) };
+    // Upper 128-bit lane shifted right by 4: one variable shift instead of
+    // shift + insert.
+    let v = _mm256_srlv_epi32(x, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
     _mm256_and_si256(v, _mm256_set1_epi8(0x0f))
 }
 
@@ -71,9 +73,10 @@ macro_rules! kernels {
             let ones = _mm256_set1_epi16(1);
             let mut acc0 = _mm256_setzero_ps();
             let mut acc1 = _mm256_setzero_ps();
-            let mut macc = _mm_setzero_ps();
+            let mut macc0 = _mm_setzero_ps();
+            let mut macc1 = _mm_setzero_ps();
             macro_rules! block {
-                ($b:expr, $acc:ident) => {{
+                ($b:expr, $acc:ident, $macc:ident) => {{
                     let b = $b;
                     let $p = w.as_ptr().add(b * $bytes);
                     let (q, dm): (__m256i, __m128) = $decode;
@@ -86,22 +89,23 @@ macro_rules! kernels {
                     let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
                     let sc = _mm_mul_ps(dm, act_ds(a, b));
                     $acc = _mm256_fmadd_ps(f, _mm256_broadcastss_ps(sc), $acc);
-                    macc = _mm_add_ps(macc, sc);
+                    $macc = _mm_add_ps($macc, sc);
                 }};
             }
             let mut b = 0;
             // SAFETY (both loops): blocks b < nb lie within `w` and `a` (asserted).
             while b + 2 <= nb {
                 unsafe {
-                    block!(b, acc0);
-                    block!(b + 1, acc1);
+                    block!(b, acc0, macc0);
+                    block!(b + 1, acc1, macc1);
                 }
                 b += 2;
             }
             if b < nb {
-                unsafe { block!(b, acc0) };
+                unsafe { block!(b, acc0, macc0) };
             }
             // Lane 1 of macc holds Σ mw·s.
+            let macc = _mm_add_ps(macc0, macc1);
             hsum(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_movehdup_ps(macc))
         }
 

@@ -237,10 +237,13 @@ fn int_tile(
     ldo: usize,
 ) {
     let (r0, i0) = (r.start, i.start);
+    let rb = m.row_bytes();
+    let bytes = m.data.bytes();
     if i.len() == 1 {
         let a = acts.row(i0);
-        for row in r {
-            out[row - r0] = (k.dot1)(m.row_data(row), &a);
+        let w = &bytes[r0 * rb..r.end * rb];
+        for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
+            *o = (k.dot1)(row, &a);
         }
         return;
     }
@@ -257,8 +260,6 @@ fn int_tile(
         })
         .collect();
     let rest = i0 + 4 * groups.len()..i.end;
-    let rb = m.row_bytes();
-    let bytes = m.data.bytes();
     let mut o4 = [0f32; 4 * TILE_ROWS];
     let mut t0 = r.start;
     while t0 < r.end {
