@@ -65,7 +65,10 @@ const SHAPES: [(&str, usize, usize); 5] = [
 ];
 
 fn bench_shapes(dtypes: &[DType], reps: usize) {
-    println!("\n{:<22} {:>5} {:>6} {:>10} {:>8} {:>10} {:>9}", "shape", "type", "n", "time", "GB/s", "GFLOP/s", "");
+    println!(
+        "\n{:<22} {:>5} {:>6} {:>10} {:>8} {:>10} {:>9}",
+        "shape", "type", "n", "time", "GB/s", "GFLOP/s", ""
+    );
     for &dtype in dtypes {
         for (name, rows, cols) in SHAPES {
             let w = rand_vec(rows * cols, rows as u64 * 31 + cols as u64);
@@ -74,7 +77,9 @@ fn bench_shapes(dtypes: &[DType], reps: usize) {
             // (decode streams the whole model from memory every token).
             let copies = (96usize << 20).div_ceil(m.data.len()).clamp(1, 64);
             let ms: Vec<QMatrix> = (0..copies)
-                .map(|_| QMatrix::new(dtype, rows, cols, Storage::from_bytes(m.data.bytes())).unwrap())
+                .map(|_| {
+                    QMatrix::new(dtype, rows, cols, Storage::from_bytes(m.data.bytes())).unwrap()
+                })
                 .collect();
             for n in [1usize, 512] {
                 let x = rand_vec(n * cols, 7);
@@ -98,6 +103,32 @@ fn bench_shapes(dtypes: &[DType], reps: usize) {
     }
 }
 
+/// One decode step with Q/K/V and gate/up fused through `matmul_many`.
+fn fused_step(mats: &[QMatrix], head: &QMatrix, x: &[f32], y: &mut [f32], yh: &mut [f32]) {
+    let max_rows = mats.iter().map(|m| m.rows).max().unwrap_or(0);
+    let mut y2 = vec![0f32; max_rows];
+    let mut y3 = vec![0f32; max_rows];
+    for l in mats.chunks_exact(7) {
+        let (q, k, v) = (&l[0], &l[1], &l[2]);
+        QMatrix::matmul_many(
+            &[q, k, v],
+            &x[..q.cols],
+            1,
+            &mut [&mut y[..q.rows], &mut y2[..k.rows], &mut y3[..v.rows]],
+        );
+        l[3].matmul(&x[..l[3].cols], 1, &mut y[..l[3].rows]);
+        let (g, u) = (&l[4], &l[5]);
+        QMatrix::matmul_many(
+            &[g, u],
+            &x[..g.cols],
+            1,
+            &mut [&mut y[..g.rows], &mut y2[..u.rows]],
+        );
+        l[6].matmul(&x[..l[6].cols], 1, &mut y[..l[6].rows]);
+    }
+    head.matmul(&x[..head.cols], 1, yh);
+}
+
 /// All weight matmuls of the real model: one decode step (n=1) and a prefill of
 /// `n_prefill` tokens (lm_head on the last token only, as a server does).
 fn bench_model(path: &std::path::Path, reps: usize, n_prefill: usize) {
@@ -108,10 +139,21 @@ fn bench_model(path: &std::path::Path, reps: usize, n_prefill: usize) {
             return;
         }
     };
-    let layers = f.get("llama.block_count").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+    let layers = f
+        .get("llama.block_count")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0) as usize;
     let mut mats = vec![];
     for l in 0..layers {
-        for t in ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"] {
+        for t in [
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ] {
             mats.push(f.matrix(&format!("blk.{l}.{t}.weight")).expect("tensor"));
         }
     }
@@ -131,7 +173,12 @@ fn bench_model(path: &std::path::Path, reps: usize, n_prefill: usize) {
         head.cols,
         bytes as f64 / 1e6
     );
-    let max_cols = mats.iter().map(|m| m.cols).max().unwrap_or(0).max(head.cols);
+    let max_cols = mats
+        .iter()
+        .map(|m| m.cols)
+        .max()
+        .unwrap_or(0)
+        .max(head.cols);
     let max_rows = mats.iter().map(|m| m.rows).max().unwrap_or(0);
     let x = rand_vec(n_prefill * max_cols, 3);
     let mut y = vec![0f32; n_prefill * max_rows.max(1)];
@@ -142,6 +189,38 @@ fn bench_model(path: &std::path::Path, reps: usize, n_prefill: usize) {
         }
         head.matmul(&x[..head.cols], 1, &mut yh);
     });
+    // The same step with Q/K/V and gate/up fused through `matmul_many`.
+    let fused = best_of(reps, || fused_step(&mats, &head, &x, &mut y, &mut yh));
+    println!(
+        "decode step with fused qkv / gate+up: {:.2} ms -> {:.1} tok/s",
+        fused * 1e3,
+        1.0 / fused
+    );
+    // The same step run from inside the pool (as a forward pass wrapped in
+    // `rayon::scope` / `ThreadPool::install` would), so no matmul pays a
+    // cross-thread injection and wake-up.
+    let in_pool = best_of(reps, || {
+        rayon::scope(|_| {
+            for m in &mats {
+                m.matmul(&x[..m.cols], 1, &mut y[..m.rows]);
+            }
+            head.matmul(&x[..head.cols], 1, &mut yh);
+        })
+    });
+    println!(
+        "decode step inside the rayon pool: {:.2} ms -> {:.1} tok/s",
+        in_pool * 1e3,
+        1.0 / in_pool
+    );
+    let both = best_of(reps, || {
+        rayon::scope(|_| fused_step(&mats, &head, &x, &mut y, &mut yh))
+    });
+    println!(
+        "decode step inside the pool, fused qkv / gate+up: {:.2} ms -> {:.1} tok/s, {:.2} GB/s",
+        both * 1e3,
+        1.0 / both,
+        bytes as f64 / both / 1e9
+    );
     let t_head = best_of(reps, || head.matmul(&x[..head.cols], 1, &mut yh));
     println!(
         "decode step (weights only): {:.2} ms -> {:.1} tok/s, {:.2} GB/s (lm_head alone {:.2} ms)",
@@ -177,7 +256,8 @@ fn main() {
         all * 1e3 / model_mb
     );
     let home = std::env::var_os("HOME").unwrap_or_default();
-    let path = std::path::Path::new(&home).join(".cache/pdserve/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path =
+        std::path::Path::new(&home).join(".cache/pdserve/models/SmolLM2-135M-Instruct.Q4_1.gguf");
     bench_model(&path, reps, 512);
     if !std::env::args().any(|a| a == "model") {
         bench_shapes(&[DType::Q4_1, DType::Q8_0], reps);

@@ -130,8 +130,11 @@ impl<'a> Cursor<'a> {
                     return bad(format!("metadata `{key}`: arrays nested too deeply"));
                 }
                 let ety = self.u32(key)?;
-                let min = min_value_size(ety)
-                    .ok_or_else(|| ParseError::Bad(format!("metadata `{key}`: unknown array element type {ety}")))?;
+                let min = min_value_size(ety).ok_or_else(|| {
+                    ParseError::Bad(format!(
+                        "metadata `{key}`: unknown array element type {ety}"
+                    ))
+                })?;
                 let n = self.count(min, &format!("metadata `{key}` array count"))?;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -162,7 +165,9 @@ fn min_value_size(ty: u32) -> Option<usize> {
 
 pub fn parse(buf: &[u8]) -> PResult<Parsed> {
     let mut c = Cursor { buf, pos: 0 };
-    let magic = c.take(4, "magic").map_err(|_| ParseError::Bad("not a GGUF file: too short".into()))?;
+    let magic = c
+        .take(4, "magic")
+        .map_err(|_| ParseError::Bad("not a GGUF file: too short".into()))?;
     if magic != MAGIC {
         return bad("not a GGUF file: bad magic");
     }
@@ -204,7 +209,9 @@ pub fn parse(buf: &[u8]) -> PResult<Parsed> {
         let name = c.string(&format!("tensor #{i} name"))?;
         let n_dims = c.u32(&format!("tensor `{name}` rank"))?;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return bad(format!("tensor `{name}` has rank {n_dims} (1..={MAX_DIMS} allowed)"));
+            return bad(format!(
+                "tensor `{name}` has rank {n_dims} (1..={MAX_DIMS} allowed)"
+            ));
         }
         let mut shape = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
@@ -219,7 +226,15 @@ pub fn parse(buf: &[u8]) -> PResult<Parsed> {
         if !names.insert(name.clone()) {
             return bad(format!("duplicate tensor `{name}`"));
         }
-        tensors.push((GgufTensorInfo { name, shape, dtype, offset }, i));
+        tensors.push((
+            GgufTensorInfo {
+                name,
+                shape,
+                dtype,
+                offset,
+            },
+            i,
+        ));
     }
 
     let data_start = (c.pos as u64).next_multiple_of(alignment);
@@ -247,10 +262,12 @@ fn check_tensor(t: &GgufTensorInfo, alignment: u64, data_len: u64) -> PResult<()
         n = n
             .checked_mul(d)
             .filter(|&n| n <= isize::MAX as u64)
-            .ok_or_else(|| ParseError::Bad(format!("tensor `{name}` shape {:?} overflows", t.shape)))?;
+            .ok_or_else(|| {
+                ParseError::Bad(format!("tensor `{name}` shape {:?} overflows", t.shape))
+            })?;
     }
     let bl = t.dtype.block_len() as u64;
-    if t.shape[0] % bl != 0 {
+    if !t.shape[0].is_multiple_of(bl) {
         return bad(format!(
             "tensor `{name}`: row length {} is not a multiple of the {} block length {bl}",
             t.shape[0],
@@ -260,7 +277,7 @@ fn check_tensor(t: &GgufTensorInfo, alignment: u64, data_len: u64) -> PResult<()
     let bytes = (n / bl)
         .checked_mul(t.dtype.block_bytes() as u64)
         .ok_or_else(|| ParseError::Bad(format!("tensor `{name}` size overflows")))?;
-    if t.offset % alignment != 0 {
+    if !t.offset.is_multiple_of(alignment) {
         return bad(format!(
             "tensor `{name}` offset {} is not aligned to {alignment}",
             t.offset

@@ -76,7 +76,9 @@ fn build(version: u32, alignment: Option<u32>, tensors: &[T]) -> Vec<u8> {
 
 fn sample_tensors() -> (Vec<T>, Vec<f32>, Vec<f32>) {
     let norm: Vec<f32> = (0..8).map(|i| i as f32 * 0.5).collect();
-    let w: Vec<f32> = (0..3 * 64).map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6).collect();
+    let w: Vec<f32> = (0..3 * 64)
+        .map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6)
+        .collect();
     let t = vec![
         T {
             name: "norm.weight",
@@ -115,9 +117,15 @@ fn parses_hand_built_file() {
         let (_dir, path) = write_tmp(&bytes);
         let f = GgufFile::open(&path).unwrap();
         assert_eq!(f.version, version);
-        assert_eq!(f.get("general.architecture").unwrap().as_str(), Some("llama"));
+        assert_eq!(
+            f.get("general.architecture").unwrap().as_str(),
+            Some("llama")
+        );
         assert_eq!(f.get("llama.block_count").unwrap().as_u64(), Some(2));
-        assert_eq!(f.get("llama.rope.freq_base").unwrap().as_f64(), Some(10000.0));
+        assert_eq!(
+            f.get("llama.rope.freq_base").unwrap().as_f64(),
+            Some(10000.0)
+        );
         assert_eq!(f.get("flag"), Some(&GgufValue::Bool(true)));
         assert_eq!(f.get("big"), Some(&GgufValue::I64(-5)));
         let toks = f.get("tokenizer.ggml.tokens").unwrap().as_array().unwrap();
@@ -138,7 +146,10 @@ fn parses_hand_built_file() {
         assert_eq!((m.dtype, m.rows, m.cols), (DType::F16, 2, 4));
         assert_eq!(f.tensor_f32("h.weight").unwrap(), norm);
 
-        assert!(matches!(f.matrix("nope"), Err(EngineError::MissingTensor(_))));
+        assert!(matches!(
+            f.matrix("nope"),
+            Err(EngineError::MissingTensor(_))
+        ));
     }
 }
 
@@ -174,7 +185,16 @@ fn rejects_bad_headers() {
 #[test]
 fn rejects_bad_tensors() {
     let mk = |shape: Vec<u64>, dtype: DType, data: Vec<u8>| {
-        build(3, None, &[T { name: "t", shape, dtype, data }])
+        build(
+            3,
+            None,
+            &[T {
+                name: "t",
+                shape,
+                dtype,
+                data,
+            }],
+        )
     };
     // Shape product overflows.
     let b = mk(vec![1 << 32, 1 << 32, 1 << 32], DType::F32, vec![0; 4]);
@@ -191,10 +211,22 @@ fn rejects_bad_tensors() {
 #[test]
 fn unknown_tensor_type_is_unsupported_dtype() {
     let data = quantize(DType::F32, &[1.0; 4], 1, 4);
-    let mut b = build(3, None, &[T { name: "t", shape: vec![4], dtype: DType::F32, data }]);
+    let mut b = build(
+        3,
+        None,
+        &[T {
+            name: "t",
+            shape: vec![4],
+            dtype: DType::F32,
+            data,
+        }],
+    );
     // Tensor info: name "t" (8+1) + rank (4) + dim (8) + type (4) + offset (8); the
     // header/metadata precede it. Find the name and patch the type field after it.
-    let name_at = b.windows(9).position(|w| w == [1, 0, 0, 0, 0, 0, 0, 0, b't']).unwrap();
+    let name_at = b
+        .windows(9)
+        .position(|w| w == [1, 0, 0, 0, 0, 0, 0, 0, b't'])
+        .unwrap();
     let ty_at = name_at + 9 + 4 + 8;
     b[ty_at..ty_at + 4].copy_from_slice(&16u32.to_le_bytes());
     match parse::parse(&b) {
@@ -263,8 +295,8 @@ fn real_smollm2_gguf() {
         println!("skipped: HOME not set");
         return;
     };
-    let path = std::path::Path::new(&home)
-        .join(".cache/pdserve/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path =
+        std::path::Path::new(&home).join(".cache/pdserve/models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !path.exists() {
         println!("skipped: {} not present", path.display());
         return;
@@ -274,8 +306,16 @@ fn real_smollm2_gguf() {
     for t in &f.tensors {
         *counts.entry(t.dtype.name()).or_insert(0) += 1;
     }
-    println!("{}: v{}, {} tensors, types {counts:?}", path.display(), f.version, f.tensors.len());
-    assert_eq!(f.get("general.architecture").unwrap().as_str(), Some("llama"));
+    println!(
+        "{}: v{}, {} tensors, types {counts:?}",
+        path.display(),
+        f.version,
+        f.tensors.len()
+    );
+    assert_eq!(
+        f.get("general.architecture").unwrap().as_str(),
+        Some("llama")
+    );
     assert_eq!(f.tensors.len(), 272);
     let emb = f.matrix("token_embd.weight").unwrap();
     println!("token_embd: {} {}×{}", emb.dtype, emb.rows, emb.cols);

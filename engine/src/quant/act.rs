@@ -30,7 +30,7 @@ pub struct ActRow<'a> {
 impl QActs {
     /// Quantizes `x` (n×cols) in blocks of `block` values.
     pub fn quantize(x: &[f32], cols: usize, block: usize) -> QActs {
-        debug_assert!(cols % block == 0 && block % 16 == 0);
+        debug_assert!(cols.is_multiple_of(block) && block.is_multiple_of(16));
         let nb = x.len() / block;
         let mut a = QActs {
             block,
@@ -73,6 +73,32 @@ impl ActRow<'_> {
     #[inline(always)]
     pub fn s(&self, b: usize) -> f32 {
         self.ds[2 * b + 1]
+    }
+}
+
+/// Four activation rows processed together, with their block scales transposed so
+/// that one load gives the four rows' values: for block b,
+/// `d8[8b..8b + 8] = [d₀, d₁, d₂, d₃, d₀, d₁, d₂, d₃]` (duplicated so that an
+/// in-lane shuffle broadcasts one row's scale) and `s4[4b..4b + 4] = [s₀..s₃]`.
+pub struct ActTile4<'a> {
+    pub rows: [ActRow<'a>; 4],
+    pub d8: Vec<f32>,
+    pub s4: Vec<f32>,
+}
+
+impl<'a> ActTile4<'a> {
+    pub fn new(rows: [ActRow<'a>; 4]) -> ActTile4<'a> {
+        let nb = rows[0].nb();
+        let mut d8 = vec![0f32; 8 * nb];
+        let mut s4 = vec![0f32; 4 * nb];
+        for b in 0..nb {
+            for (r, row) in rows.iter().enumerate() {
+                d8[8 * b + r] = row.d(b);
+                d8[8 * b + 4 + r] = row.d(b);
+                s4[4 * b + r] = row.s(b);
+            }
+        }
+        ActTile4 { rows, d8, s4 }
     }
 }
 

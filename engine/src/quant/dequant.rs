@@ -16,6 +16,10 @@ pub fn dequantize(dtype: DType, bytes: &[u8], out: &mut [f32]) {
                 *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        DType::F16 | DType::BF16 if super::dot_avx2::available() => {
+            super::dot_avx2::dequant_half(dtype, bytes, out)
+        }
         DType::F16 => {
             for (i, o) in out.iter_mut().enumerate() {
                 *o = f16_at(bytes, 2 * i);

@@ -155,10 +155,11 @@ pub fn dot_q6_k(w: &[u8], a: &ActRow<'_>) -> f32 {
             let q = (lo | (hi << 4)) as i32;
             sum += (sc[e / 16] as i8) as i32 * q * aq[e] as i32;
         }
-        let mut off = 0i32;
-        for g in 0..16 {
-            off += (sc[g] as i8) as i32 * a.bsums[16 * b + g] as i32;
-        }
+        let off: i32 = sc
+            .iter()
+            .zip(&a.bsums[16 * b..16 * b + 16])
+            .map(|(&s, &bs)| (s as i8) as i32 * bs as i32)
+            .sum();
         acc += a.d(b) * d * (sum - 32 * off) as f32;
     }
     acc

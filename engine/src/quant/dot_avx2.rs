@@ -27,9 +27,9 @@ pub fn int_kernel(dtype: DType) -> Option<IntKernel> {
     if !available() {
         return None;
     }
+    use super::blocks::{QK, QK_K};
     use super::dot_avx2_k as k;
     use super::dot_avx2_q32 as q;
-    use super::blocks::{QK, QK_K};
     let (block, dot1, dot4): (usize, super::dot::DotFn, super::matmul::Dot4Fn) = match dtype {
         DType::Q4_0 => (QK, q::dot1_q4_0, q::dot4_q4_0),
         DType::Q4_1 => (QK, q::dot1_q4_1, q::dot4_q4_1),
@@ -165,11 +165,8 @@ fn dot_f32_impl(a: &[f32], b: &[f32]) -> f32 {
         i += 8;
     }
     let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let mut s = hsum(v);
-    for j in i..n {
-        s += a[j] * b[j];
-    }
-    s
+    let tail: f32 = a[i..].iter().zip(&b[i..]).map(|(x, y)| x * y).sum();
+    hsum(v) + tail
 }
 
 /// Dot of an F32/F16/BF16 weight row (bytes) with f32 `x`.
@@ -205,13 +202,81 @@ fn dot_float_row_impl(dtype: DType, w: &[u8], x: &[f32]) -> f32 {
         i += 16;
     }
     let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
-    for j in i..n {
+    for (j, xv) in x.iter().enumerate().take(n).skip(i) {
         let wv = match dtype {
             DType::F32 => super::blocks::f32_at(w, 4 * j),
             DType::F16 => f16_at(w, 2 * j),
             _ => bf16_at(w, 2 * j),
         };
-        s += wv * x[j];
+        s += wv * xv;
     }
     s
+}
+
+/// Four dots sharing one f32 weight row: `[Σ w·x₀, Σ w·x₁, Σ w·x₂, Σ w·x₃]`.
+pub fn dot_f32_x4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+    assert!(available());
+    let n = w.len();
+    assert!(x.iter().all(|x| x.len() == n));
+    // SAFETY: CPU features checked; all five slices have length n.
+    unsafe { dot_f32_x4_impl(w, x) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_f32_x4_impl(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+    let n = w.len();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n and every slice has n elements (checked by the caller).
+        unsafe {
+            let vw = _mm256_loadu_ps(w.as_ptr().add(i));
+            for r in 0..4 {
+                acc[r] = _mm256_fmadd_ps(vw, _mm256_loadu_ps(x[r].as_ptr().add(i)), acc[r]);
+            }
+        }
+        i += 8;
+    }
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        out[r] = hsum(acc[r]);
+        for j in i..n {
+            out[r] += w[j] * x[r][j];
+        }
+    }
+    out
+}
+
+/// F16 / BF16 bytes → f32 (`out.len()` values).
+pub fn dequant_half(dtype: DType, w: &[u8], out: &mut [f32]) {
+    assert!(available());
+    assert!(w.len() >= 2 * out.len());
+    // SAFETY: CPU features checked; `w` holds 2 bytes per output value.
+    unsafe { dequant_half_impl(dtype, w, out) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dequant_half_impl(dtype: DType, w: &[u8], out: &mut [f32]) {
+    let n = out.len();
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n: 16 bytes of `w` and 8 floats of `out` are in bounds.
+        unsafe {
+            let h = _mm_loadu_si128(w.as_ptr().add(2 * i) as *const __m128i);
+            let v = if dtype == DType::F16 {
+                _mm256_cvtph_ps(h)
+            } else {
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+            };
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), v);
+        }
+        i += 8;
+    }
+    for (j, o) in out.iter_mut().enumerate().skip(i) {
+        *o = if dtype == DType::F16 {
+            f16_at(w, 2 * j)
+        } else {
+            bf16_at(w, 2 * j)
+        };
+    }
 }

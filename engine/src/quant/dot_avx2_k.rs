@@ -16,7 +16,7 @@
 
 use std::arch::x86_64::*;
 
-use super::act::ActRow;
+use super::act::{ActRow, ActTile4};
 use super::blocks::scale_min_k4;
 use super::dot_avx2::hsum;
 
@@ -194,17 +194,21 @@ macro_rules! kernels {
             hsum(acc)
         }
 
-        pub fn $dot4(w: &[u8], a: &[ActRow<'_>; 4], out: &mut [f32; 4]) {
-            let nb = a[0].nb();
-            for r in a {
-                assert_eq!(check(w, r, $bytes), nb);
+        pub fn $dot4(w: &[u8], rb: usize, a: &ActTile4<'_>, out: &mut [f32]) {
+            let a = &a.rows;
+            for (row, out) in out.chunks_exact_mut(4).enumerate() {
+                let w = &w[row * rb..(row + 1) * rb];
+                let nb = a[0].nb();
+                for r in a {
+                    assert_eq!(check(w, r, $bytes), nb);
+                }
+                // SAFETY: as above.
+                unsafe { $impl4(w, a, nb, out) }
             }
-            // SAFETY: as above.
-            unsafe { $impl4(w, a, nb, out) }
         }
 
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn $impl4(w: &[u8], a: &[ActRow<'_>; 4], nb: usize, out: &mut [f32; 4]) {
+        unsafe fn $impl4(w: &[u8], a: &[ActRow<'_>; 4], nb: usize, out: &mut [f32]) {
             let mut acc = [_mm256_setzero_ps(); 4];
             for b in 0..nb {
                 // SAFETY: bounds checked by the caller.

@@ -13,24 +13,18 @@
 
 use std::arch::x86_64::*;
 
-use super::act::ActRow;
+use super::act::{ActRow, ActTile4};
 use super::dot_avx2::hsum;
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16(p: *const u8) -> f32 {
-    // SAFETY: the caller guarantees 2 readable bytes at `p`.
-    let h = unsafe { (p as *const u16).read_unaligned() };
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
-}
 
 /// 16 packed bytes → 32 nibbles: low nibbles are values 0..16, high 16..32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn nibbles(p: *const u8) -> __m256i {
     // SAFETY: the caller guarantees 16 readable bytes at `p`.
-    let x = unsafe { _mm_loadu_si128(p as *const __m128i) };
-    let v = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(x), _mm_srli_epi16::<4>(x));
+    let x = unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i)) };
+    // Upper 128-bit lane shifted right by 4: one variable shift instead of
+    // shift + insert.
+    let v = _mm256_srlv_epi32(x, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
     _mm256_and_si256(v, _mm256_set1_epi8(0x0f))
 }
 
@@ -79,9 +73,10 @@ macro_rules! kernels {
             let ones = _mm256_set1_epi16(1);
             let mut acc0 = _mm256_setzero_ps();
             let mut acc1 = _mm256_setzero_ps();
-            let mut macc = _mm_setzero_ps();
+            let mut macc0 = _mm_setzero_ps();
+            let mut macc1 = _mm_setzero_ps();
             macro_rules! block {
-                ($b:expr, $acc:ident) => {{
+                ($b:expr, $acc:ident, $macc:ident) => {{
                     let b = $b;
                     let $p = w.as_ptr().add(b * $bytes);
                     let (q, dm): (__m256i, __m128) = $decode;
@@ -94,62 +89,85 @@ macro_rules! kernels {
                     let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
                     let sc = _mm_mul_ps(dm, act_ds(a, b));
                     $acc = _mm256_fmadd_ps(f, _mm256_broadcastss_ps(sc), $acc);
-                    macc = _mm_add_ps(macc, sc);
+                    $macc = _mm_add_ps($macc, sc);
                 }};
             }
             let mut b = 0;
             // SAFETY (both loops): blocks b < nb lie within `w` and `a` (asserted).
             while b + 2 <= nb {
                 unsafe {
-                    block!(b, acc0);
-                    block!(b + 1, acc1);
+                    block!(b, acc0, macc0);
+                    block!(b + 1, acc1, macc1);
                 }
                 b += 2;
             }
             if b < nb {
-                unsafe { block!(b, acc0) };
+                unsafe { block!(b, acc0, macc0) };
             }
             // Lane 1 of macc holds Σ mw·s.
+            let macc = _mm_add_ps(macc0, macc1);
             hsum(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_movehdup_ps(macc))
         }
 
-        pub fn $dot4(w: &[u8], a: &[ActRow<'_>; 4], out: &mut [f32; 4]) {
-            let nb = a[0].nb();
-            assert!(w.len() >= nb * $bytes);
-            for r in a {
+        pub fn $dot4(w: &[u8], rb: usize, a: &ActTile4<'_>, out: &mut [f32]) {
+            let nb = a.rows[0].nb();
+            let nrows = out.len() / 4;
+            assert!(rb >= nb * $bytes && w.len() >= nrows * rb);
+            assert!(a.d8.len() >= 8 * nb && a.s4.len() >= 4 * nb);
+            for r in &a.rows {
                 assert!(r.nb() == nb && r.qs.len() >= 32 * nb);
             }
             // SAFETY: as for the one-row kernel.
-            unsafe { $impl4(w, a, nb, out) }
+            unsafe { $impl4(w, rb, a, nb, out) }
         }
 
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn $impl4(w: &[u8], a: &[ActRow<'_>; 4], nb: usize, out: &mut [f32; 4]) {
+        unsafe fn $impl4(w: &[u8], rb: usize, a: &ActTile4<'_>, nb: usize, out: &mut [f32]) {
             let ones = _mm256_set1_epi16(1);
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut macc = [_mm_setzero_ps(); 4];
-            for b in 0..nb {
-                // SAFETY: block b lies within `w`, activations within `a` (asserted).
-                unsafe {
-                    let $p = w.as_ptr().add(b * $bytes);
-                    let (q, dm): (__m256i, __m128) = $decode;
-                    let qa = if $signed { _mm256_sign_epi8(q, q) } else { q };
-                    for r in 0..4 {
-                        let ar = a.get_unchecked(r);
-                        let av = _mm256_loadu_si256(ar.qs.as_ptr().add(32 * b) as *const __m256i);
-                        let av = if $signed { _mm256_sign_epi8(av, q) } else { av };
-                        let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(
-                            _mm256_maddubs_epi16(qa, av),
-                            ones,
-                        ));
-                        let sc = _mm_mul_ps(dm, act_ds(ar, b));
-                        acc[r] = _mm256_fmadd_ps(f, _mm256_broadcastss_ps(sc), acc[r]);
-                        macc[r] = _mm_add_ps(macc[r], sc);
+            let qp: [*const i8; 4] = std::array::from_fn(|r| a.rows[r].qs.as_ptr());
+            for (row, out) in out.chunks_exact_mut(4).enumerate() {
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let mut macc = _mm_setzero_ps();
+                for b in 0..nb {
+                    // SAFETY: block b of row `row` lies within `w`, activations and
+                    // scales within `a` (asserted by the caller).
+                    unsafe {
+                        let $p = w.as_ptr().add(row * rb + b * $bytes);
+                        let (q, dm): (__m256i, __m128) = $decode;
+                        // [dw·d₀..dw·d₃, dw·d₀..dw·d₃]
+                        let sc = _mm256_mul_ps(
+                            _mm256_broadcastss_ps(dm),
+                            _mm256_loadu_ps(a.d8.as_ptr().add(8 * b)),
+                        );
+                        let mw = _mm_permute_ps::<0b01_01_01_01>(dm);
+                        macc = _mm_fmadd_ps(mw, _mm_loadu_ps(a.s4.as_ptr().add(4 * b)), macc);
+                        let qa = if $signed { _mm256_sign_epi8(q, q) } else { q };
+                        macro_rules! one {
+                            ($r:expr, $imm:expr) => {{
+                                let av = _mm256_loadu_si256(qp[$r].add(32 * b) as *const __m256i);
+                                let av = if $signed { _mm256_sign_epi8(av, q) } else { av };
+                                let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                                    _mm256_maddubs_epi16(qa, av),
+                                    ones,
+                                ));
+                                let s = _mm256_permute_ps::<$imm>(sc);
+                                acc[$r] = _mm256_fmadd_ps(f, s, acc[$r]);
+                            }};
+                        }
+                        one!(0, 0b00_00_00_00);
+                        one!(1, 0b01_01_01_01);
+                        one!(2, 0b10_10_10_10);
+                        one!(3, 0b11_11_11_11);
                     }
                 }
-            }
-            for r in 0..4 {
-                out[r] = hsum(acc[r]) + _mm_cvtss_f32(_mm_movehdup_ps(macc[r]));
+                // Reduce the four accumulators to [Σacc₀, Σacc₁, Σacc₂, Σacc₃].
+                let h01 = _mm256_hadd_ps(acc[0], acc[1]);
+                let h23 = _mm256_hadd_ps(acc[2], acc[3]);
+                let h = _mm256_hadd_ps(h01, h23);
+                let v = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+                let v = _mm_add_ps(v, macc);
+                // SAFETY: `out` has exactly 4 floats.
+                unsafe { _mm_storeu_ps(out.as_mut_ptr(), v) };
             }
         }
     };

@@ -30,6 +30,15 @@ pub fn dot_float_row_scalar(dtype: DType, w: &[u8], x: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
+/// Four dots sharing the row `w`.
+pub fn dot_f32_x4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if super::dot_avx2::available() {
+        return super::dot_avx2::dot_f32_x4(w, x);
+    }
+    x.map(|x| dot_f32(w, x))
+}
+
 /// `Σ a[i]·b[i]` in f32.
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]

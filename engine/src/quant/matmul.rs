@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use super::act::{ActRow, QActs};
+use super::act::{ActTile4, QActs};
 use super::{dequant, dot, float, DType, QMatrix};
 
 /// Below this many multiply-adds a matmul runs on the calling thread.
@@ -26,8 +26,9 @@ const SPLIT_ACTS_FROM: usize = 16;
 /// Weight rows per cache tile when several activation rows are processed.
 const TILE_ROWS: usize = 16;
 
-/// Four-row dot: one weight row against four activation rows.
-pub type Dot4Fn = fn(&[u8], &[ActRow<'_>; 4], &mut [f32; 4]);
+/// Four-row dot: `out.len() / 4` consecutive weight rows (`w`, `row_bytes` each)
+/// against four activation rows; `out[4·row + r]`.
+pub type Dot4Fn = fn(&[u8], usize, &ActTile4<'_>, &mut [f32]);
 
 /// An integer kernel: activation block size plus 1-row and 4-row dot functions.
 #[derive(Clone, Copy)]
@@ -42,9 +43,11 @@ fn scalar_int_kernel(dtype: DType) -> Option<IntKernel> {
     // Scalar four-row kernels simply call the one-row kernel four times.
     macro_rules! four {
         ($f:path) => {
-            |w: &[u8], a: &[ActRow<'_>; 4], o: &mut [f32; 4]| {
-                for k in 0..4 {
-                    o[k] = $f(w, &a[k]);
+            |w: &[u8], rb: usize, a: &ActTile4<'_>, o: &mut [f32]| {
+                for (row, o) in o.chunks_exact_mut(4).enumerate() {
+                    for k in 0..4 {
+                        o[k] = $f(&w[row * rb..(row + 1) * rb], &a.rows[k]);
+                    }
                 }
             }
         };
@@ -73,6 +76,7 @@ pub fn int_kernel(dtype: DType) -> Option<IntKernel> {
 }
 
 /// The portable integer kernel (tests compare it with the SIMD one).
+#[cfg(test)]
 pub fn portable_int_kernel(dtype: DType) -> Option<IntKernel> {
     scalar_int_kernel(dtype)
 }
@@ -80,9 +84,11 @@ pub fn portable_int_kernel(dtype: DType) -> Option<IntKernel> {
 pub fn matmul(m: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
     match int_kernel(m.dtype) {
         Some(k) => matmul_int(m, &k, x, n, y),
-        None if !m.dtype.is_quantized() => run(m, n, y, &|r, i, out, ldo| {
-            float_tile(m, x, r, i, out, ldo)
-        }),
+        None if !m.dtype.is_quantized() => {
+            run(&[m.rows], m.cols, n, &mut [y], &|_, r, i, out, ldo| {
+                float_tile(m, x, r, i, out, ldo)
+            })
+        }
         None => matmul_exact(m, x, n, y),
     }
 }
@@ -94,67 +100,131 @@ pub fn matmul_int(m: &QMatrix, k: &IntKernel, x: &[f32], n: usize, y: &mut [f32]
         return;
     }
     let acts = QActs::quantize(x, m.cols, k.block);
-    run(m, n, y, &|r, i, out, ldo| int_tile(m, k, &acts, r, i, out, ldo));
+    run(&[m.rows], m.cols, n, &mut [y], &|_, r, i, out, ldo| {
+        int_tile(m, k, &acts, r, i, out, ldo)
+    });
 }
 
 pub fn matmul_exact(m: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
-    run(m, n, y, &|r, i, out, ldo| exact_tile(m, x, r, i, out, ldo));
+    run(&[m.rows], m.cols, n, &mut [y], &|_, r, i, out, ldo| {
+        exact_tile(m, x, r, i, out, ldo)
+    });
 }
 
-type Range = std::ops::Range<usize>;
-/// Computes weight rows `r` × activation rows `i` into `out[(i−i0)·ldo + (r−r0)]`.
-type TileFn<'a> = dyn Fn(Range, Range, &mut [f32], usize) + Sync + 'a;
-
-/// Splits the problem into tasks and runs them.
-fn run(m: &QMatrix, n: usize, y: &mut [f32], tile: &TileFn<'_>) {
-    let rows = m.rows;
-    if rows == 0 || n == 0 {
-        return;
-    }
-    let work = rows * n * m.cols.max(1);
-    let threads = rayon::current_num_threads();
-    if threads <= 1 || work < MIN_PARALLEL_WORK {
-        tile(0..rows, 0..n, y, rows);
-        return;
-    }
-    let max_tasks = (work / MIN_TASK_WORK).clamp(1, threads * 4);
-    if n >= SPLIT_ACTS_FROM {
-        // Prefill: contiguous blocks of activation rows (multiples of 4).
-        let per = n.div_ceil(max_tasks.min(n.div_ceil(4))).next_multiple_of(4);
-        y.par_chunks_mut(per * rows)
-            .enumerate()
-            .for_each(|(t, out)| {
-                let i0 = t * per;
-                tile(0..rows, i0..i0 + out.len() / rows, out, rows);
+/// Several matrices with the same `cols` applied to the same `x` in one parallel
+/// region; when they share an integer kernel, `x` is quantized once.
+pub fn matmul_many(ms: &[&QMatrix], x: &[f32], n: usize, ys: &mut [&mut [f32]]) {
+    let Some(first) = ms.first() else { return };
+    let same = ms
+        .iter()
+        .all(|m| m.dtype == first.dtype && m.cols == first.cols);
+    match int_kernel(first.dtype) {
+        Some(k) if same && first.cols > 0 => {
+            let acts = QActs::quantize(x, first.cols, k.block);
+            let rows: Vec<usize> = ms.iter().map(|m| m.rows).collect();
+            run(&rows, first.cols, n, ys, &|j, r, i, out, ldo| {
+                int_tile(ms[j], &k, &acts, r, i, out, ldo)
             });
-    } else if n == 1 {
-        let per = rows.div_ceil(max_tasks).next_multiple_of(4);
-        y.par_chunks_mut(per).enumerate().for_each(|(t, out)| {
-            let r0 = t * per;
-            let len = out.len();
-            tile(r0..r0 + len, 0..1, out, len);
-        });
-    } else {
-        // A few activation rows: split the weight rows, each task fills a local
-        // [n × chunk] block that is then scattered into y.
-        let per = rows.div_ceil(max_tasks).next_multiple_of(4);
-        let parts: Vec<(usize, Vec<f32>)> = (0..rows.div_ceil(per))
-            .into_par_iter()
-            .map(|t| {
-                let r = t * per..((t + 1) * per).min(rows);
-                let len = r.len();
-                let mut out = vec![0f32; n * len];
-                tile(r.clone(), 0..n, &mut out, len);
-                (r.start, out)
-            })
-            .collect();
-        for (r0, out) in parts {
-            let len = out.len() / n;
-            for i in 0..n {
-                y[i * rows + r0..i * rows + r0 + len].copy_from_slice(&out[i * len..(i + 1) * len]);
+        }
+        _ => {
+            for (m, y) in ms.iter().zip(ys.iter_mut()) {
+                matmul(m, x, n, y);
             }
         }
     }
+}
+
+type Range = std::ops::Range<usize>;
+/// Computes, for matrix `j`, weight rows `r` × activation rows `i` into
+/// `out[(i−i0)·ldo + (r−r0)]`.
+type TileFn<'a> = dyn Fn(usize, Range, Range, &mut [f32], usize) + Sync + 'a;
+
+/// One unit of parallel work writing a disjoint part of an output.
+struct Job<'a> {
+    j: usize,
+    r: Range,
+    i: Range,
+    out: &'a mut [f32],
+    ldo: usize,
+}
+
+/// Splits the problem (matrices with `rows[j]` rows, `cols` columns; outputs
+/// `ys[j]` of n×rows[j]) into tasks and runs them.
+fn run(rows: &[usize], cols: usize, n: usize, ys: &mut [&mut [f32]], tile: &TileFn<'_>) {
+    let total_rows: usize = rows.iter().sum();
+    if total_rows == 0 || n == 0 {
+        return;
+    }
+    let work = total_rows * n * cols.max(1);
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || work < MIN_PARALLEL_WORK {
+        for (j, y) in ys.iter_mut().enumerate() {
+            tile(j, 0..rows[j], 0..n, y, rows[j]);
+        }
+        return;
+    }
+    let max_tasks = (work / MIN_TASK_WORK).clamp(1, threads * 4);
+    let mut jobs: Vec<Job<'_>> = Vec::with_capacity(max_tasks + ys.len());
+    if n >= SPLIT_ACTS_FROM {
+        // Prefill: contiguous blocks of activation rows (multiples of 4).
+        let per = n.div_ceil(max_tasks.min(n.div_ceil(4))).next_multiple_of(4);
+        for (j, y) in ys.iter_mut().enumerate() {
+            for (t, out) in y.chunks_mut(per * rows[j]).enumerate() {
+                let i0 = t * per;
+                let i = i0..i0 + out.len() / rows[j];
+                jobs.push(Job {
+                    j,
+                    r: 0..rows[j],
+                    i,
+                    out,
+                    ldo: rows[j],
+                });
+            }
+        }
+    } else if n == 1 {
+        let per = total_rows.div_ceil(max_tasks).next_multiple_of(4);
+        for (j, y) in ys.iter_mut().enumerate() {
+            for (t, out) in y.chunks_mut(per).enumerate() {
+                let r0 = t * per;
+                let len = out.len();
+                jobs.push(Job {
+                    j,
+                    r: r0..r0 + len,
+                    i: 0..1,
+                    out,
+                    ldo: len,
+                });
+            }
+        }
+    } else {
+        // A few activation rows: split the weight rows; each task fills a local
+        // [n × chunk] block that is then scattered into y.
+        let per = total_rows.div_ceil(max_tasks).next_multiple_of(4);
+        let pieces: Vec<(usize, Range)> = (0..rows.len())
+            .flat_map(|j| {
+                (0..rows[j].div_ceil(per)).map(move |t| (j, t * per..((t + 1) * per).min(rows[j])))
+            })
+            .collect();
+        let parts: Vec<(usize, Range, Vec<f32>)> = pieces
+            .into_par_iter()
+            .map(|(j, r)| {
+                let mut out = vec![0f32; n * r.len()];
+                tile(j, r.clone(), 0..n, &mut out, r.len());
+                (j, r, out)
+            })
+            .collect();
+        for (j, r, out) in parts {
+            let (len, stride) = (r.len(), rows[j]);
+            for i in 0..n {
+                ys[j][i * stride + r.start..i * stride + r.end]
+                    .copy_from_slice(&out[i * len..(i + 1) * len]);
+            }
+        }
+        return;
+    }
+    jobs.into_par_iter()
+        .with_max_len(1)
+        .for_each(|job| tile(job.j, job.r, job.i, job.out, job.ldo));
 }
 
 fn int_tile(
@@ -167,34 +237,43 @@ fn int_tile(
     ldo: usize,
 ) {
     let (r0, i0) = (r.start, i.start);
+    let rb = m.row_bytes();
+    let bytes = m.data.bytes();
     if i.len() == 1 {
         let a = acts.row(i0);
-        for row in r {
-            out[row - r0] = (k.dot1)(m.row_data(row), &a);
+        let w = &bytes[r0 * rb..r.end * rb];
+        for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
+            *o = (k.dot1)(row, &a);
         }
         return;
     }
-    let mut t0 = r.start;
-    while t0 < r.end {
-        let t1 = (t0 + TILE_ROWS).min(r.end);
-        let mut ib = i.start;
-        while ib + 4 <= i.end {
-            let a = [
+    // Activation rows in groups of four (built once per task), the rest singly.
+    let groups: Vec<ActTile4<'_>> = (0..i.len() / 4)
+        .map(|g| {
+            let ib = i0 + 4 * g;
+            ActTile4::new([
                 acts.row(ib),
                 acts.row(ib + 1),
                 acts.row(ib + 2),
                 acts.row(ib + 3),
-            ];
-            for row in t0..t1 {
-                let mut o = [0f32; 4];
-                (k.dot4)(m.row_data(row), &a, &mut o);
+            ])
+        })
+        .collect();
+    let rest = i0 + 4 * groups.len()..i.end;
+    let mut o4 = [0f32; 4 * TILE_ROWS];
+    let mut t0 = r.start;
+    while t0 < r.end {
+        let t1 = (t0 + TILE_ROWS).min(r.end);
+        for (g, a) in groups.iter().enumerate() {
+            let ib = i0 + 4 * g;
+            (k.dot4)(&bytes[t0 * rb..t1 * rb], rb, a, &mut o4[..4 * (t1 - t0)]);
+            for (row, o) in (t0..t1).zip(o4.chunks_exact(4)) {
                 for (q, v) in o.iter().enumerate() {
                     out[(ib + q - i0) * ldo + row - r0] = *v;
                 }
             }
-            ib += 4;
         }
-        for ii in ib..i.end {
+        for ii in rest.clone() {
             let a = acts.row(ii);
             for row in t0..t1 {
                 out[(ii - i0) * ldo + row - r0] = (k.dot1)(m.row_data(row), &a);
@@ -205,7 +284,7 @@ fn int_tile(
 }
 
 fn float_tile(m: &QMatrix, x: &[f32], r: Range, i: Range, out: &mut [f32], ldo: usize) {
-    if i.len() > 1 && m.dtype != DType::F32 {
+    if i.len() > 1 {
         return exact_tile(m, x, r, i, out, ldo);
     }
     let cols = m.cols;
@@ -221,11 +300,28 @@ fn float_tile(m: &QMatrix, x: &[f32], r: Range, i: Range, out: &mut [f32], ldo: 
 fn exact_tile(m: &QMatrix, x: &[f32], r: Range, i: Range, out: &mut [f32], ldo: usize) {
     let cols = m.cols;
     let mut buf = vec![0f32; cols];
+    let xr = |ii: usize| &x[ii * cols..(ii + 1) * cols];
     for row in r.clone() {
-        dequant::dequantize(m.dtype, m.row_data(row), &mut buf);
-        for ii in i.clone() {
-            out[(ii - i.start) * ldo + row - r.start] =
-                float::dot_f32(&buf, &x[ii * cols..(ii + 1) * cols]);
+        let bytes = m.row_data(row);
+        // F32 rows are used in place (QMatrix keeps F32 data 4-byte aligned).
+        let w: &[f32] = match bytemuck::try_cast_slice(bytes) {
+            Ok(w) if m.dtype == DType::F32 => w,
+            _ => {
+                dequant::dequantize(m.dtype, bytes, &mut buf);
+                &buf
+            }
+        };
+        let o = row - r.start;
+        let mut ii = i.start;
+        while ii + 4 <= i.end {
+            let v = float::dot_f32_x4(w, [xr(ii), xr(ii + 1), xr(ii + 2), xr(ii + 3)]);
+            for (q, v) in v.into_iter().enumerate() {
+                out[(ii + q - i.start) * ldo + o] = v;
+            }
+            ii += 4;
+        }
+        for ii in ii..i.end {
+            out[(ii - i.start) * ldo + o] = float::dot_f32(w, xr(ii));
         }
     }
 }

@@ -164,7 +164,7 @@ impl QMatrix {
     /// (`cols % block_len == 0`); copies to aligned storage if the type needs it.
     pub fn new(dtype: DType, rows: usize, cols: usize, data: Storage) -> Result<QMatrix> {
         let bad = |reason: String| EngineError::Config(format!("QMatrix: {reason}"));
-        if cols % dtype.block_len() != 0 {
+        if !cols.is_multiple_of(dtype.block_len()) {
             return Err(bad(format!(
                 "{cols} columns is not a multiple of the {} block length {}",
                 dtype.name(),
@@ -257,6 +257,18 @@ impl QMatrix {
         matmul::matmul_exact(self, x, n, y);
     }
 
+    /// Several matrices with the same `cols` applied to the same `x`
+    /// (`ys[j] = x · msⱼᵀ`, each n×rows_j) in one parallel region, quantizing `x`
+    /// once when they share a type — e.g. Q/K/V or gate/up projections. Results are
+    /// identical to separate [`QMatrix::matmul`] calls.
+    pub fn matmul_many(ms: &[&QMatrix], x: &[f32], n: usize, ys: &mut [&mut [f32]]) {
+        assert_eq!(ms.len(), ys.len(), "matmul_many: one output per matrix");
+        for (m, y) in ms.iter().zip(ys.iter()) {
+            m.check_matmul_args(x, n, y);
+        }
+        matmul::matmul_many(ms, x, n, ys);
+    }
+
     fn check_matmul_args(&self, x: &[f32], n: usize, y: &[f32]) {
         assert_eq!(x.len(), n * self.cols, "matmul: x must be n×cols");
         assert_eq!(y.len(), n * self.rows, "matmul: y must be n×rows");
@@ -282,9 +294,13 @@ impl QMatrix {
 /// Used by tests and the GGUF writer. Panics if `values.len() != rows × cols` or
 /// `cols` is not a multiple of the block length (programming errors).
 pub fn quantize(dtype: DType, values: &[f32], rows: usize, cols: usize) -> Vec<u8> {
-    assert_eq!(values.len(), rows * cols, "quantize: wrong number of values");
+    assert_eq!(
+        values.len(),
+        rows * cols,
+        "quantize: wrong number of values"
+    );
     assert!(
-        cols % dtype.block_len() == 0,
+        cols.is_multiple_of(dtype.block_len()),
         "quantize: {cols} columns is not a multiple of the {} block length",
         dtype.name()
     );

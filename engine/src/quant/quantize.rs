@@ -185,9 +185,12 @@ fn fit_scale_min(x: &[f32], nmax: i32) -> (f32, f32) {
             .collect();
         // Least squares for x ≈ s·l + b (b = −m ≤ 0).
         let n = x.len() as f32;
-        let (sl, sl2, sx, sxl) = l.iter().zip(x).fold((0f32, 0f32, 0f32, 0f32), |a, (&l, &v)| {
-            (a.0 + l, a.1 + l * l, a.2 + v, a.3 + v * l)
-        });
+        let (sl, sl2, sx, sxl) = l
+            .iter()
+            .zip(x)
+            .fold((0f32, 0f32, 0f32, 0f32), |a, (&l, &v)| {
+                (a.0 + l, a.1 + l * l, a.2 + v, a.3 + v * l)
+            });
         let det = n * sl2 - sl * sl;
         let (mut s, mut b) = if det > 0.0 {
             ((n * sxl - sl * sx) / det, (sl2 * sx - sl * sxl) / det)
@@ -198,7 +201,11 @@ fn fit_scale_min(x: &[f32], nmax: i32) -> (f32, f32) {
             b = 0.0;
             s = if sl2 > 0.0 { sxl / sl2 } else { 0.0 };
         }
-        let err: f32 = l.iter().zip(x).map(|(&l, &v)| (s * l + b - v).powi(2)).sum();
+        let err: f32 = l
+            .iter()
+            .zip(x)
+            .map(|(&l, &v)| (s * l + b - v).powi(2))
+            .sum();
         if err < best.0 && s >= 0.0 {
             best = (err, s, -b);
         }
@@ -239,7 +246,10 @@ fn fit_scale_sym(x: &[f32], nneg: i32) -> f32 {
 /// `nmax` quants, scales and mins quantized to `sbits`. Returns the super-block
 /// scales `(d, dmin)`, the per-sub-block quantized `(scale, min)` and the quants.
 fn k_asym(x: &[f32], sub: usize, nmax: i32, smax: f32) -> (f32, f32, Vec<(u8, u8)>, Vec<u8>) {
-    let fits: Vec<(f32, f32)> = x.chunks_exact(sub).map(|c| fit_scale_min(c, nmax)).collect();
+    let fits: Vec<(f32, f32)> = x
+        .chunks_exact(sub)
+        .map(|c| fit_scale_min(c, nmax))
+        .collect();
     let max_s = fits.iter().fold(0f32, |m, f| m.max(f.0));
     let max_m = fits.iter().fold(0f32, |m, f| m.max(f.1));
     let d = via_f16(max_s / smax);
@@ -294,7 +304,10 @@ fn pack_2bit(q: &[u8], out: &mut Vec<u8>) {
         for i in 0..32 {
             let b = 128 * h + i;
             out.push(
-                (q[b] & 3) | ((q[b + 32] & 3) << 2) | ((q[b + 64] & 3) << 4) | ((q[b + 96] & 3) << 6),
+                (q[b] & 3)
+                    | ((q[b + 32] & 3) << 2)
+                    | ((q[b + 64] & 3) << 4)
+                    | ((q[b + 96] & 3) << 6),
             );
         }
     }

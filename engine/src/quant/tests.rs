@@ -89,7 +89,11 @@ fn quantize_roundtrip_error() {
         let m = QMatrix::quantize_from_f32(dtype, rows, cols, &x);
         assert_eq!(m.data.len(), rows * dtype.bytes_for(cols));
         let y = m.to_f32();
-        let err: f64 = x.iter().zip(&y).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+        let err: f64 = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum();
         let norm: f64 = x.iter().map(|a| (*a as f64).powi(2)).sum();
         let rel = (err / norm).sqrt();
         println!("{dtype}: relative RMS error {rel:.5}");
@@ -118,7 +122,10 @@ fn quantize_edge_cases() {
             let y = QMatrix::quantize_from_f32(dtype, 1, 256, &x).to_f32();
             for (a, b) in x.iter().zip(&y) {
                 assert!(b.is_finite(), "{dtype} pattern {pattern}: non-finite");
-                assert!((a - b).abs() <= 0.35, "{dtype} pattern {pattern}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 0.35,
+                    "{dtype} pattern {pattern}: {a} vs {b}"
+                );
             }
         }
     }
@@ -194,7 +201,11 @@ fn ref_value(dtype: DType, b: &[u8], e: usize) -> f32 {
             let v = q - if high == 1 { 0 } else { 4 };
             let s = &b[96..108];
             let sub = e / 16;
-            let lo = if sub < 8 { s[sub] & 15 } else { s[sub - 8] >> 4 };
+            let lo = if sub < 8 {
+                s[sub] & 15
+            } else {
+                s[sub - 8] >> 4
+            };
             let hi = (s[8 + sub % 4] >> (2 * (sub / 4))) & 3;
             let sc = (lo | (hi << 4)) as i32 - 32;
             h(b, 108) * sc as f32 * v as f32
@@ -210,7 +221,11 @@ fn ref_value(dtype: DType, b: &[u8], e: usize) -> f32 {
                     (s[sub + 4] >> 4) | ((s[sub] >> 6) << 4),
                 )
             };
-            let qs = if dtype == DType::Q4_K { &b[16..] } else { &b[48..] };
+            let qs = if dtype == DType::Q4_K {
+                &b[16..]
+            } else {
+                &b[48..]
+            };
             let mut q = (qs[32 * (e / 64) + e % 32] >> (4 * (sub % 2))) & 15;
             if dtype == DType::Q5_K {
                 q |= ((b[16 + e % 32] >> sub) & 1) << 4;
@@ -241,7 +256,11 @@ fn dequant_matches_reference_bit_exact() {
         for (i, g) in got.iter().enumerate() {
             let blk = &bytes[(i / bl) * dtype.block_bytes()..];
             let want = ref_value(dtype, blk, i % bl);
-            assert_eq!(g.to_bits(), want.to_bits(), "{dtype} value {i}: {g} vs {want}");
+            assert_eq!(
+                g.to_bits(),
+                want.to_bits(),
+                "{dtype} value {i}: {g} vs {want}"
+            );
         }
     }
 }
@@ -254,7 +273,11 @@ fn float_types_dequantize() {
         let m = QMatrix::new(dtype, 1, 5, Storage::from_bytes(&bytes)).unwrap();
         let out = m.to_f32();
         for (a, b) in vals.iter().zip(&out) {
-            let tol = if dtype == DType::BF16 { a.abs() / 128.0 } else { a.abs() / 1000.0 };
+            let tol = if dtype == DType::BF16 {
+                a.abs() / 128.0
+            } else {
+                a.abs() / 1000.0
+            };
             assert!((a - b).abs() <= tol, "{dtype}: {a} vs {b}");
         }
     }
@@ -315,6 +338,10 @@ fn from_f32_and_permute_rows() {
 fn quantize_output_sizes() {
     let x = vec![0.5f32; 2 * 256];
     for dtype in DType::ALL {
-        assert_eq!(quantize(dtype, &x, 2, 256).len(), 2 * dtype.bytes_for(256), "{dtype}");
+        assert_eq!(
+            quantize(dtype, &x, 2, 256).len(),
+            2 * dtype.bytes_for(256),
+            "{dtype}"
+        );
     }
 }

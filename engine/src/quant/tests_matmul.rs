@@ -36,7 +36,10 @@ fn rel_err(got: &[f32], want: &[f64]) -> (f64, String) {
     }
     let rel = (num / den.max(1e-30)).sqrt();
     let i = worst.1;
-    (rel, format!("worst element {i}: got {} want {}", got[i], want[i]))
+    (
+        rel,
+        format!("worst element {i}: got {} want {}", got[i], want[i]),
+    )
 }
 
 const MATMUL_TYPES: [DType; 15] = DType::ALL;
@@ -85,7 +88,10 @@ fn simd_kernels_match_portable() {
             matmul_int(&m, &port, &x, n, &mut b);
             for (i, (p, q)) in a.iter().zip(&b).enumerate() {
                 let tol = 1e-5 * (1.0 + q.abs());
-                assert!((p - q).abs() <= tol, "{dtype} n={n} elem {i}: simd {p} portable {q}");
+                assert!(
+                    (p - q).abs() <= tol,
+                    "{dtype} n={n} elem {i}: simd {p} portable {q}"
+                );
             }
         }
     }
@@ -146,4 +152,28 @@ fn degenerate_shapes() {
     let mut y = vec![f32::NAN; 2];
     m.matmul(&[], 1, &mut y);
     assert!(y.iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn matmul_many_equals_separate_calls() {
+    let mut rng = Rng::new(33);
+    let cols = 576;
+    for dtype in [DType::Q4_1, DType::F16] {
+        let ms: Vec<QMatrix> = [576usize, 192, 192]
+            .iter()
+            .map(|&r| QMatrix::quantize_from_f32(dtype, r, cols, &rng.vec(r * cols, 0.2)))
+            .collect();
+        for n in [1, 3, 20] {
+            let x = rng.vec(n * cols, 1.0);
+            let mut sep: Vec<Vec<f32>> = ms.iter().map(|m| vec![0f32; n * m.rows]).collect();
+            for (m, y) in ms.iter().zip(sep.iter_mut()) {
+                m.matmul(&x, n, y);
+            }
+            let mut fused: Vec<Vec<f32>> = ms.iter().map(|m| vec![f32::NAN; n * m.rows]).collect();
+            let refs: Vec<&QMatrix> = ms.iter().collect();
+            let mut outs: Vec<&mut [f32]> = fused.iter_mut().map(|v| v.as_mut_slice()).collect();
+            QMatrix::matmul_many(&refs, &x, n, &mut outs);
+            assert_eq!(sep, fused, "{dtype} n={n}");
+        }
+    }
 }
