@@ -167,6 +167,7 @@ unsafe fn accumulate(dec: &Decoded, a: &ActRow<'_>, b: usize, acc: __m256) -> __
 }
 
 fn check(w: &[u8], a: &ActRow<'_>, bytes: usize) -> usize {
+    assert!(super::dot_avx2::available());
     let nb = a.nb();
     assert!(w.len() >= nb * bytes && a.qs.len() >= 256 * nb && a.bsums.len() >= 16 * nb);
     nb

@@ -62,6 +62,7 @@ macro_rules! kernels {
      |$p:ident| $decode:block) => {
         pub fn $dot1(w: &[u8], a: &ActRow<'_>) -> f32 {
             let nb = a.nb();
+            assert!(super::dot_avx2::available());
             assert!(w.len() >= nb * $bytes && a.qs.len() >= 32 * nb);
             // SAFETY: bounds asserted above; CPU features checked by the caller of
             // `int_kernel`, the only place these functions are handed out.
@@ -93,8 +94,8 @@ macro_rules! kernels {
                 }};
             }
             let mut b = 0;
-            // SAFETY (both loops): blocks b < nb lie within `w` and `a` (asserted).
             while b + 2 <= nb {
+                // SAFETY: blocks b, b + 1 < nb lie within `w` and `a` (asserted).
                 unsafe {
                     block!(b, acc0, macc0);
                     block!(b + 1, acc1, macc1);
@@ -102,6 +103,7 @@ macro_rules! kernels {
                 b += 2;
             }
             if b < nb {
+                // SAFETY: block b < nb lies within `w` and `a` (asserted).
                 unsafe { block!(b, acc0, macc0) };
             }
             // Lane 1 of macc holds Σ mw·s.
@@ -112,6 +114,7 @@ macro_rules! kernels {
         pub fn $dot4(w: &[u8], rb: usize, a: &ActTile4<'_>, out: &mut [f32]) {
             let nb = a.rows[0].nb();
             let nrows = out.len() / 4;
+            assert!(super::dot_avx2::available());
             assert!(rb >= nb * $bytes && w.len() >= nrows * rb);
             assert!(a.d8.len() >= 8 * nb && a.s4.len() >= 4 * nb);
             for r in &a.rows {

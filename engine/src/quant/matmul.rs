@@ -18,7 +18,7 @@ use super::act::{ActTile4, QActs};
 use super::{dequant, dot, float, DType, QMatrix};
 
 /// Below this many multiply-adds a matmul runs on the calling thread.
-const MIN_PARALLEL_WORK: usize = 96 * 1024;
+const MIN_PARALLEL_WORK: usize = 128 * 1024;
 /// Smallest amount of work worth a separate rayon task.
 const MIN_TASK_WORK: usize = 48 * 1024;
 /// From this many activation rows on, split the activation rows across threads.
