@@ -81,7 +81,7 @@ impl Storage {
 
     /// Returns storage whose bytes are 4-byte aligned (copies only if needed).
     pub fn aligned4(self) -> Storage {
-        if (self.bytes().as_ptr() as usize) % 4 == 0 {
+        if (self.bytes().as_ptr() as usize).is_multiple_of(4) {
             self
         } else {
             Storage::from_bytes(self.bytes())
