@@ -39,23 +39,34 @@ fn same_tokens_alone_batched_chunked_and_cached() {
             max_batched_tokens: 256,
             ..small_engine_config()
         };
-        assert_eq!(alone(&spec, form, whole, &target, n), base, "{form:?}: chunked vs whole prefill");
+        assert_eq!(
+            alone(&spec, form, whole, &target, n),
+            base,
+            "{form:?}: chunked vs whole prefill"
+        );
 
         // Tiny budget: the prompt is prefilled in many chunks of 5.
         let tiny = EngineConfig {
             max_batched_tokens: 5,
             ..small_engine_config()
         };
-        assert_eq!(alone(&spec, form, tiny, &target, n), base, "{form:?}: 5-token chunks");
+        assert_eq!(
+            alone(&spec, form, tiny, &target, n),
+            base,
+            "{form:?}: 5-token chunks"
+        );
 
         // In a batch with others of different lengths, joining at different steps.
         let (_d, mut e) = engine(&spec, form, small_engine_config());
-        e.add_request(greedy(10, prompt(1, 9, spec.vocab), 20)).unwrap();
-        e.add_request(greedy(11, prompt(2, 50, spec.vocab), 5)).unwrap();
+        e.add_request(greedy(10, prompt(1, 9, spec.vocab), 20))
+            .unwrap();
+        e.add_request(greedy(11, prompt(2, 50, spec.vocab), 5))
+            .unwrap();
         e.step().unwrap();
         e.add_request(greedy(1, target.clone(), n)).unwrap();
         e.step().unwrap();
-        e.add_request(greedy(12, prompt(3, 3, spec.vocab), 7)).unwrap();
+        e.add_request(greedy(12, prompt(3, 3, spec.vocab), 7))
+            .unwrap();
         let out = run_to_completion(&mut e);
         assert_eq!(out[&SeqId(1)].0, base, "{form:?}: batched");
 
@@ -64,7 +75,10 @@ fn same_tokens_alone_batched_chunked_and_cached() {
         e.add_request(greedy(1, target.clone(), n)).unwrap();
         run_to_completion(&mut e);
         e.add_request(greedy(2, target.clone(), n)).unwrap();
-        assert!(e.cached_prefix_len(&target) >= 32, "prefix cache should hold the prompt's full blocks");
+        assert!(
+            e.cached_prefix_len(&target) >= 32,
+            "prefix cache should hold the prompt's full blocks"
+        );
         let out = run_to_completion(&mut e);
         assert_eq!(out[&SeqId(2)].0, base, "{form:?}: prefix-cache hit");
     }
@@ -74,7 +88,9 @@ fn same_tokens_alone_batched_chunked_and_cached() {
 fn preemption_by_recompute_keeps_outputs_identical() {
     let spec = TinyModelSpec::tiny_llama();
     let form = Form::Gguf(DType::Q8_0);
-    let prompts: Vec<Vec<u32>> = (0..6).map(|i| prompt(100 + i, 10 + 3 * i as usize, spec.vocab)).collect();
+    let prompts: Vec<Vec<u32>> = (0..6)
+        .map(|i| prompt(100 + i, 10 + 3 * i as usize, spec.vocab))
+        .collect();
     let n = 24;
     let expected: Vec<Vec<u32>> = prompts
         .iter()
@@ -82,12 +98,13 @@ fn preemption_by_recompute_keeps_outputs_identical() {
         .collect();
     // A pool too small for all six at full length forces preemption.
     let (_d, loaded) = load(&spec, form);
-    let per_block = pdserve_engine::model::Model::<pdserve_engine::backend::cpu::CpuBackend>::layout_for(
-        &loaded.config,
-        4,
-        1,
-    )
-    .block_bytes();
+    let per_block =
+        pdserve_engine::model::Model::<pdserve_engine::backend::cpu::CpuBackend>::layout_for(
+            &loaded.config,
+            4,
+            1,
+        )
+        .block_bytes();
     let cfg = EngineConfig {
         kv_cache_bytes: per_block * 40,
         enable_prefix_cache: false,
@@ -99,7 +116,11 @@ fn preemption_by_recompute_keeps_outputs_identical() {
     }
     let out = run_to_completion(&mut e);
     for (i, want) in expected.iter().enumerate() {
-        assert_eq!(&out[&SeqId(i as u64)].0, want, "sequence {i} after preemption");
+        assert_eq!(
+            &out[&SeqId(i as u64)].0,
+            want,
+            "sequence {i} after preemption"
+        );
     }
     let s = e.stats();
     assert_eq!(s.free_blocks, s.total_blocks, "every block free at the end");
@@ -110,15 +131,20 @@ fn abort_frees_blocks_at_once_and_others_continue() {
     let spec = TinyModelSpec::tiny_qwen2();
     let (_d, mut e) = engine(&spec, Form::Gguf(DType::Q8_0), small_engine_config());
     let total = e.stats().total_blocks;
-    e.add_request(greedy(1, prompt(5, 30, spec.vocab), 50)).unwrap();
-    e.add_request(greedy(2, prompt(6, 30, spec.vocab), 10)).unwrap();
+    e.add_request(greedy(1, prompt(5, 30, spec.vocab), 50))
+        .unwrap();
+    e.add_request(greedy(2, prompt(6, 30, spec.vocab), 10))
+        .unwrap();
     for _ in 0..5 {
         e.step().unwrap();
     }
     let used_before = total - e.stats().free_blocks;
     assert!(e.abort(SeqId(1)));
     let used_after = total - e.stats().free_blocks;
-    assert!(used_after < used_before, "abort must free blocks immediately");
+    assert!(
+        used_after < used_before,
+        "abort must free blocks immediately"
+    );
     assert!(!e.abort(SeqId(1)), "second abort is a no-op");
     let out = run_to_completion(&mut e);
     assert!(!out.contains_key(&SeqId(1)));
@@ -131,14 +157,24 @@ fn bad_requests_are_rejected_without_side_effects() {
     let spec = TinyModelSpec::tiny_llama();
     let (_d, mut e) = engine(&spec, Form::Hf(DType::F32), small_engine_config());
     assert!(e.add_request(greedy(1, vec![], 4)).is_err(), "empty prompt");
-    assert!(e.add_request(greedy(2, vec![spec.vocab as u32], 4)).is_err(), "token outside vocab");
+    assert!(
+        e.add_request(greedy(2, vec![spec.vocab as u32], 4))
+            .is_err(),
+        "token outside vocab"
+    );
     let long = prompt(1, spec.max_position + 1, spec.vocab);
-    assert!(e.add_request(greedy(3, long, 4)).is_err(), "prompt longer than context");
+    assert!(
+        e.add_request(greedy(3, long, 4)).is_err(),
+        "prompt longer than context"
+    );
     let mut bad = greedy(4, vec![1, 2, 3], 4);
     bad.params.top_p = 0.0;
     assert!(e.add_request(bad).is_err(), "invalid sampling params");
     e.add_request(greedy(5, vec![1, 2, 3], 4)).unwrap();
-    assert!(e.add_request(greedy(5, vec![1, 2, 3], 4)).is_err(), "duplicate id");
+    assert!(
+        e.add_request(greedy(5, vec![1, 2, 3], 4)).is_err(),
+        "duplicate id"
+    );
     let out = run_to_completion(&mut e);
     assert_eq!(out.len(), 1);
     assert_eq!(out[&SeqId(5)].0.len(), 4);

@@ -29,7 +29,8 @@ fn prefill_on_a_decode_on_b_is_token_identical() {
 
         // Decode side reserves destination blocks first.
         // Occupy some of B's blocks so that block ids differ between A and B.
-        b.add_request(greedy(99, prompt(7, 20, spec.vocab), 3)).unwrap();
+        b.add_request(greedy(99, prompt(7, 20, spec.vocab), 3))
+            .unwrap();
         b.step().unwrap();
         let res = b.reserve_import(greedy(1, p.clone(), n)).unwrap();
         assert_eq!(res.cached_tokens, 0);
@@ -53,7 +54,11 @@ fn prefill_on_a_decode_on_b_is_token_identical() {
             b.write_kv_block(*d, &buf).unwrap();
         }
         assert!(a.release(SeqId(1)));
-        assert_eq!(a.stats().free_blocks, a.stats().total_blocks, "prefill side freed its blocks");
+        assert_eq!(
+            a.stats().free_blocks,
+            a.stats().total_blocks,
+            "prefill side freed its blocks"
+        );
 
         let first_out = b.commit_import(SeqId(1), first).unwrap();
         let mut got = vec![first_out.token.token];
@@ -69,10 +74,14 @@ fn aborting_a_reserved_import_frees_its_blocks() {
     let (_d, l) = load(&spec, Form::Hf(DType::F32));
     let mut b = Engine::new(l, small_engine_config()).unwrap();
     let total = b.stats().total_blocks;
-    let res = b.reserve_import(greedy(1, prompt(1, 40, spec.vocab), 5)).unwrap();
+    let res = b
+        .reserve_import(greedy(1, prompt(1, 40, spec.vocab), 5))
+        .unwrap();
     assert_eq!(res.blocks.len(), 10);
     assert_eq!(b.stats().free_blocks, total - 10);
     assert!(b.abort(SeqId(1)));
     assert_eq!(b.stats().free_blocks, total);
-    assert!(b.write_kv_block(pdserve_engine::BlockId(u32::MAX), &[0u8; 4]).is_err());
+    assert!(b
+        .write_kv_block(pdserve_engine::BlockId(u32::MAX), &[0u8; 4])
+        .is_err());
 }

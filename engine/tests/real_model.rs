@@ -14,12 +14,17 @@ use pdserve_engine::SeqId;
 fn smollm2() -> Option<PathBuf> {
     let dir = std::env::var_os("PDSERVE_MODELS_DIR")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/pdserve/models")))?;
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/pdserve/models"))
+        })?;
     let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
     if p.exists() {
         Some(p)
     } else {
-        eprintln!("skipped: {} not found (run scripts/fetch-assets.sh)", p.display());
+        eprintln!(
+            "skipped: {} not found (run scripts/fetch-assets.sh)",
+            p.display()
+        );
         None
     }
 }
@@ -51,7 +56,10 @@ fn smollm2_knows_the_capital_of_france() {
     let text = generate(&mut engine, "The capital of France is", 12);
     assert!(text.starts_with(" Paris"), "got {text:?}");
     // llama.cpp's greedy continuation of the same prompt starts the same way.
-    assert!(text.starts_with(" Paris.\n\nThe United States has a population"), "got {text:?}");
+    assert!(
+        text.starts_with(" Paris.\n\nThe United States has a population"),
+        "got {text:?}"
+    );
 }
 
 #[test]
@@ -85,5 +93,8 @@ fn smollm2_chat_answers() {
     // SmolLM2-135M (Q4_1) answers this one badly; what matters is that we run the
     // model exactly as llama.cpp does: its greedy answer to the same chat (measured
     // with llama-cpp-python, 2 threads, 2026-11-21) begins with these words.
-    assert!(text.starts_with("L'Étoile, la Marseillaise, la femme"), "got {text:?}");
+    assert!(
+        text.starts_with("L'Étoile, la Marseillaise, la femme"),
+        "got {text:?}"
+    );
 }

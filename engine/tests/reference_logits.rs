@@ -15,7 +15,14 @@ use pdserve_engine::BlockId;
 fn engine_logits(loaded: &pdserve_engine::loader::LoadedModel, tokens: &[u32]) -> Vec<f32> {
     let bs = 4;
     let blocks = tokens.len().div_ceil(bs);
-    let mut model = Model::new(CpuBackend, loaded.config.clone(), &loaded.weights, bs, blocks + 1).expect("model");
+    let mut model = Model::new(
+        CpuBackend,
+        loaded.config.clone(),
+        &loaded.weights,
+        bs,
+        blocks + 1,
+    )
+    .expect("model");
     let batch = ForwardBatch {
         tokens: tokens.to_vec(),
         positions: (0..tokens.len() as u32).collect(),
@@ -38,7 +45,12 @@ fn check(spec: &TinyModelSpec, form: Form, stored: DType, tol: f64) {
     let got = engine_logits(&loaded, &tokens);
     let weights = weights_as_stored(&spec.weights_f32(), stored).expect("weights");
     let want = reference_logits(&spec.config(), &weights, &tokens).expect("reference");
-    assert_close(&got, &want, tol, &format!("{:?} {form:?} logits", spec.arch));
+    assert_close(
+        &got,
+        &want,
+        tol,
+        &format!("{:?} {form:?} logits", spec.arch),
+    );
 }
 
 #[test]

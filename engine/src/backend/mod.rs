@@ -92,6 +92,27 @@ pub trait Backend: Send {
     fn head_rms_norm(&self, x: &mut Self::Buf, w: &Self::Vector, eps: f32);
     /// `out[n][w.rows] = x[n][w.cols] · wᵀ`.
     fn matmul(&self, x: &Self::Buf, w: &Self::Matrix, n: usize, out: &mut Self::Buf);
+    /// Several matrices over the same input in one call (fused Q/K/V, gate/up):
+    /// `outs[i] = x · ws[i]ᵀ`.
+    fn matmul_many(
+        &self,
+        x: &Self::Buf,
+        ws: &[&Self::Matrix],
+        n: usize,
+        outs: &mut [&mut Self::Buf],
+    ) {
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.matmul(x, w, n, out);
+        }
+    }
+    /// Runs `f` where the backend's kernels are cheapest to launch from (the CPU
+    /// backend: inside its thread pool).
+    fn run<R: Send>(f: impl FnOnce() -> R + Send) -> R
+    where
+        Self: Sized,
+    {
+        f()
+    }
     /// `x[r][:] += b` for every row.
     fn add_bias(&self, x: &mut Self::Buf, b: &Self::Vector);
     /// `x += y`.

@@ -148,19 +148,9 @@ impl<B: Backend> Model<B> {
     }
 }
 
-impl<B: Backend> ModelRunner for Model<B> {
-    fn config(&self) -> &ModelConfig {
-        &self.config
-    }
-    fn kv_layout(&self) -> KvLayout {
-        self.kv_layout
-    }
-    fn backend_name(&self) -> String {
-        self.backend.name()
-    }
-
-    fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<f32>> {
-        self.check_batch(batch)?;
+impl<B: Backend> Model<B> {
+    /// The forward pass proper; the batch has been validated.
+    fn forward_checked(&mut self, batch: &ForwardBatch) -> Vec<f32> {
         let c = &self.config;
         let be = &self.backend;
         let n = batch.rows();
@@ -187,9 +177,12 @@ impl<B: Backend> ModelRunner for Model<B> {
                 // The previous layer's MLP output is in `proj`.
                 be.add_rms_norm(&mut resid, &proj, &l.attn_norm, eps, &mut normed);
             }
-            be.matmul(&normed, &l.wq, n, &mut q);
-            be.matmul(&normed, &l.wk, n, &mut k);
-            be.matmul(&normed, &l.wv, n, &mut v);
+            be.matmul_many(
+                &normed,
+                &[&l.wq, &l.wk, &l.wv],
+                n,
+                &mut [&mut q, &mut k, &mut v],
+            );
             if let (Some(bq), Some(bk), Some(bv)) = (&l.bq, &l.bk, &l.bv) {
                 be.add_bias(&mut q, bq);
                 be.add_bias(&mut k, bk);
@@ -205,8 +198,7 @@ impl<B: Backend> ModelRunner for Model<B> {
             be.attention(&q, &self.kv, li, &batch.seqs, c.num_heads, &mut attn);
             be.matmul(&attn, &l.wo, n, &mut proj);
             be.add_rms_norm(&mut resid, &proj, &l.ffn_norm, eps, &mut normed);
-            be.matmul(&normed, &l.w_gate, n, &mut gate);
-            be.matmul(&normed, &l.w_up, n, &mut up);
+            be.matmul_many(&normed, &[&l.w_gate, &l.w_up], n, &mut [&mut gate, &mut up]);
             be.silu_mul(&mut gate, &up);
             be.matmul(&gate, &l.w_down, n, &mut proj);
         }
@@ -215,7 +207,7 @@ impl<B: Backend> ModelRunner for Model<B> {
         // Only the rows that need logits go through the final norm and lm_head.
         let m = batch.logits_rows.len();
         if m == 0 {
-            return Ok(Vec::new());
+            return Vec::new();
         }
         let mut last = be.alloc(m * h);
         be.gather_rows(&resid, &batch.logits_rows, h, &mut last);
@@ -228,7 +220,24 @@ impl<B: Backend> ModelRunner for Model<B> {
             m,
             &mut logits,
         );
-        Ok(be.to_host(&logits))
+        be.to_host(&logits)
+    }
+}
+
+impl<B: Backend> ModelRunner for Model<B> {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    fn kv_layout(&self) -> KvLayout {
+        self.kv_layout
+    }
+    fn backend_name(&self) -> String {
+        self.backend.name()
+    }
+
+    fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<f32>> {
+        self.check_batch(batch)?;
+        Ok(B::run(|| self.forward_checked(batch)))
     }
 
     fn kv_block_region(&self, block: BlockId) -> Option<(usize, usize, MemKind)> {

@@ -52,7 +52,8 @@ pub fn offline() -> LoadOptions {
 
 pub fn load(spec: &TinyModelSpec, form: Form) -> (TinyModel, LoadedModel) {
     let m = write_model(spec, form);
-    let loaded = load_model(m.path.to_str().expect("utf-8 path"), &offline()).expect("load tiny model");
+    let loaded =
+        load_model(m.path.to_str().expect("utf-8 path"), &offline()).expect("load tiny model");
     (m, loaded)
 }
 
