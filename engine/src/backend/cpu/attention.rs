@@ -1,8 +1,14 @@
-//! Causal paged attention on the CPU: each (sequence, query head) pair is one task;
-//! keys and values are read from the sequence's KV blocks (layout in `kv::pool`).
+//! Causal paged attention on the CPU. One task per (sequence, query head) computes
+//! all of that head's query rows: scores block by block (each K block slab is read
+//! once for every query row), a row-wise softmax, then values block by block.
 //!
-//! For a query at absolute position p, keys 0..=p are used, in position order, so the
-//! result does not depend on how the prompt was chunked or batched.
+//! For a query at absolute position p, keys 0..=p are used in position order, with
+//! the same arithmetic whatever the chunking or batching, so results do not depend
+//! on how the prompt was split or what else ran in the step.
+//!
+//! The kernel body is plain safe Rust; on x86-64 CPUs with AVX2+FMA it is compiled
+//! a second time inside a `#[target_feature]` function (the one `unsafe` here) so
+//! that LLVM vectorizes it with 256-bit FMAs while the binary stays portable.
 
 use rayon::prelude::*;
 
@@ -19,46 +25,28 @@ pub fn paged_attention(
     n_heads: usize,
     out: &mut [f32],
 ) {
-    let l = &kv.layout;
-    let hd = l.head_dim;
+    let hd = kv.layout.head_dim;
     let q_dim = n_heads * hd;
-    let group = n_heads / l.num_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-
-    // One task per (sequence, head): computes all of that head's query rows.
-    let tasks: Vec<(usize, usize)> = seqs
-        .iter()
-        .enumerate()
-        .flat_map(|(si, _)| (0..n_heads).map(move |h| (si, h)))
+    let tasks: Vec<(usize, usize)> = (0..seqs.len())
+        .flat_map(|si| (0..n_heads).map(move |h| (si, h)))
         .collect();
+    let avx2 = has_avx2_fma();
     let results: Vec<Vec<f32>> = tasks
         .par_iter()
         .map(|&(si, h)| {
-            let s = &seqs[si];
-            let g = h / group;
-            let ctx = s.pos_start + s.len;
-            let mut res = vec![0f32; s.len * hd];
-            let mut scores = vec![0f32; ctx];
-            for i in 0..s.len {
-                let qrow = &q[(s.row_start + i) * q_dim + h * hd..][..hd];
-                let n_keys = s.pos_start + i + 1;
-                let mut max = f32::NEG_INFINITY;
-                for (t, sc) in scores[..n_keys].iter_mut().enumerate() {
-                    let k = key(kv, layer, s, t, g, false);
-                    *sc = dot(qrow, k) * scale;
-                    max = max.max(*sc);
-                }
-                let mut sum = 0f32;
-                for sc in &mut scores[..n_keys] {
-                    *sc = (*sc - max).exp();
-                    sum += *sc;
-                }
-                let o = &mut res[i * hd..(i + 1) * hd];
-                for (t, sc) in scores[..n_keys].iter().enumerate() {
-                    axpy(*sc / sum, key(kv, layer, s, t, g, true), o);
-                }
+            let task = HeadTask {
+                q,
+                kv,
+                layer,
+                seq: &seqs[si],
+                head: h,
+                n_heads,
+            };
+            if avx2 {
+                task.run_avx2()
+            } else {
+                task.run()
             }
-            res
         })
         .collect();
     for (&(si, h), res) in tasks.iter().zip(results) {
@@ -70,11 +58,107 @@ pub fn paged_attention(
     }
 }
 
-/// Key (or value) vector of kv head `g` at position `t` of sequence `s`.
-#[inline]
-fn key<'a>(kv: &'a CpuKvPool, layer: usize, s: &AttnSeq, t: usize, g: usize, v: bool) -> &'a [f32] {
-    let l = &kv.layout;
-    let block = s.block_table[t / l.block_size].0 as usize;
-    let off = l.slab_offset(block, layer, v) + (t % l.block_size) * l.kv_dim() + g * l.head_dim;
-    &kv.data[off..off + l.head_dim]
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+struct HeadTask<'a> {
+    q: &'a [f32],
+    kv: &'a CpuKvPool,
+    layer: usize,
+    seq: &'a AttnSeq,
+    head: usize,
+    n_heads: usize,
+}
+
+impl HeadTask<'_> {
+    #[cfg(target_arch = "x86_64")]
+    fn run_avx2(&self) -> Vec<f32> {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn inner(t: &HeadTask<'_>) -> Vec<f32> {
+            t.run()
+        }
+        // SAFETY: only called when `has_avx2_fma()` reported both features.
+        unsafe { inner(self) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    fn run_avx2(&self) -> Vec<f32> {
+        self.run()
+    }
+
+    /// `[len][head_dim]` attention output of this head for the sequence's rows.
+    #[inline(always)]
+    fn run(&self) -> Vec<f32> {
+        let l = &self.kv.layout;
+        let (hd, bs, kv_dim) = (l.head_dim, l.block_size, l.kv_dim());
+        let s = self.seq;
+        let g = self.head / (self.n_heads / l.num_kv_heads);
+        let q_dim = self.n_heads * hd;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let ctx = s.pos_start + s.len;
+        let n_blocks = ctx.div_ceil(bs);
+        let qrow = |i: usize| &self.q[(s.row_start + i) * q_dim + self.head * hd..][..hd];
+
+        // scores[i][t] for t ≤ pos(i); entries past the causal limit stay unused.
+        let mut scores = vec![0f32; s.len * ctx];
+        for b in 0..n_blocks {
+            let slab = self
+                .kv
+                .layout
+                .slab_offset(s.block_table[b].0 as usize, self.layer, false);
+            let t0 = b * bs;
+            let t_end = (t0 + bs).min(ctx);
+            // Queries that see at least the first key of this block.
+            let i_first = t0.saturating_sub(s.pos_start);
+            for i in i_first..s.len {
+                let p = s.pos_start + i;
+                let qi = qrow(i);
+                let row = &mut scores[i * ctx..(i + 1) * ctx];
+                for t in t0..t_end.min(p + 1) {
+                    let k = &self.kv.data[slab + (t - t0) * kv_dim + g * hd..][..hd];
+                    row[t] = dot(qi, k) * scale;
+                }
+            }
+        }
+        for i in 0..s.len {
+            let n_keys = s.pos_start + i + 1;
+            let row = &mut scores[i * ctx..i * ctx + n_keys];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for x in row.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            for x in row.iter_mut() {
+                *x *= inv;
+            }
+        }
+        let mut res = vec![0f32; s.len * hd];
+        for b in 0..n_blocks {
+            let slab = self
+                .kv
+                .layout
+                .slab_offset(s.block_table[b].0 as usize, self.layer, true);
+            let t0 = b * bs;
+            let t_end = (t0 + bs).min(ctx);
+            let i_first = t0.saturating_sub(s.pos_start);
+            for i in i_first..s.len {
+                let p = s.pos_start + i;
+                let o = &mut res[i * hd..(i + 1) * hd];
+                for t in t0..t_end.min(p + 1) {
+                    let v = &self.kv.data[slab + (t - t0) * kv_dim + g * hd..][..hd];
+                    axpy(scores[i * ctx + t], v, o);
+                }
+            }
+        }
+        res
+    }
 }

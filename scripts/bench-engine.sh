@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Engine benchmark, side by side with llama.cpp in the same run (issue: engine).
+#
+#   bash scripts/bench-engine.sh [REPEATS]
+#
+# Measures on the default SmolLM2-135M-Instruct Q4_1 GGUF, 2 threads each:
+#   decode   batch 1, 16-token prompt, 128 generated tokens   (tok/s)
+#   prefill  batch 1, exact 512-token prompt                  (tok/s)
+#   batch16  16 concurrent requests, 16-token prompts, 128 generated each (aggregate tok/s)
+#   peak RSS of the pdserve process vs GGUF size + KV pool
+# Best of REPEATS (default 3) for each figure, since this machine may be shared.
+# Prints one markdown table with ratios (pdserve / llama.cpp) for BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPEATS="${1:-3}"
+CACHE="${PDSERVE_CACHE:-$HOME/.cache/pdserve}"
+MODEL="${PDSERVE_MODELS_DIR:-$CACHE/models}/SmolLM2-135M-Instruct.Q4_1.gguf"
+OUT="$(mktemp -d)"
+trap 'rm -rf "$OUT"' EXIT
+
+bash scripts/fetch-assets.sh -q
+cargo build --release -q
+BIN=target/release/pdserve
+KV_MB=64
+
+echo "== llama.cpp (llama-cpp-python, 2 threads)" >&2
+bash scripts/bench-llamacpp.sh --repeats "$REPEATS" >"$OUT/llamacpp.json"
+
+run() { # name args...
+    local name="$1"; shift
+    for i in $(seq "$REPEATS"); do
+        RAYON_NUM_THREADS=2 "$BIN" bench-engine --model "$MODEL" --kv-cache-mb "$KV_MB" --json "$@" \
+            >>"$OUT/$name.jsonl"
+    done
+}
+echo "== pdserve" >&2
+run decode --batch 1 --prompt-len 16 --gen-len 128
+run prefill --batch 1 --prompt-len 512 --gen-len 2
+run batch16 --batch 16 --prompt-len 16 --gen-len 128
+
+python3 - "$OUT" "$MODEL" "$KV_MB" <<'PY'
+import json, os, sys
+out, model, kv_mb = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def rows(name):
+    return [json.loads(l) for l in open(os.path.join(out, name + ".jsonl")) if l.strip()]
+lc = json.loads(open(os.path.join(out, "llamacpp.json")).read().strip().splitlines()[-1])
+dec = max(r["decode_tok_s"] for r in rows("decode"))
+pre = max(r["prefill_tok_s"] for r in rows("prefill"))
+b16 = max(r["decode_tok_s"] for r in rows("batch16"))
+rss = max(r["peak_rss_mb"] for r in rows("decode") + rows("prefill") + rows("batch16"))
+gguf_mb = os.path.getsize(model) / 2**20
+budget = 1.5 * gguf_mb + kv_mb
+print("| figure | pdserve | llama.cpp | ratio | goal |")
+print("|---|---|---|---|---|")
+print(f"| batch-1 decode tok/s (128 gen) | {dec:.1f} | {lc['decode_tok_s']:.1f} | {dec/lc['decode_tok_s']:.2f} | ≥ 1.00 |")
+print(f"| prefill tok/s (512-token prompt) | {pre:.1f} | {lc['prefill512_tok_s']:.1f} | {pre/lc['prefill512_tok_s']:.2f} | ≥ 1.00 |")
+print(f"| batch-16 aggregate decode tok/s | {b16:.1f} | — | {b16/dec:.2f}× our batch-1 | ≥ 4× |")
+print(f"| peak RSS MiB (KV pool {kv_mb} MiB) | {rss:.0f} | — | {rss/budget:.2f} of budget {budget:.0f} | ≤ 1.00 |")
+PY
