@@ -120,10 +120,11 @@ impl HeadTask<'_> {
             for i in i_first..s.len {
                 let p = s.pos_start + i;
                 let qi = qrow(i);
-                let row = &mut scores[i * ctx..(i + 1) * ctx];
-                for t in t0..t_end.min(p + 1) {
-                    let k = &self.kv.data[slab + (t - t0) * kv_dim + g * hd..][..hd];
-                    row[t] = dot(qi, k) * scale;
+                let t_stop = t_end.min(p + 1);
+                let row = &mut scores[i * ctx + t0..i * ctx + t_stop];
+                for (j, sc) in row.iter_mut().enumerate() {
+                    let k = &self.kv.data[slab + j * kv_dim + g * hd..][..hd];
+                    *sc = dot(qi, k) * scale;
                 }
             }
         }
