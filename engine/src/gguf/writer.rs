@@ -492,7 +492,6 @@ mod tests {
     /// Writer → reader round trip. Ignored until `GgufFile::open` (helper A) is on
     /// main; the lead un-ignores it after merging.
     #[test]
-    #[ignore = "needs the GGUF reader (helper A)"]
     fn round_trip_through_reader() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rt.gguf");
