@@ -131,6 +131,77 @@ fn hsum_i32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
+// The three float dots below perform, per (weight row, activation row), exactly the
+// same float operations, so that a row's result is the same whichever of them
+// computes it (batch invariance): values 16k..16k+8 are FMA-accumulated into
+// `acc0`, 16k+8..16k+16 into `acc1`; a final full group of 8 goes into `acc0`;
+// then `hsum(acc0 + acc1)`, then the scalar tail (mul, then add) in order.
+
+/// Weight values `j..j + 8` of a float row (`esize` bytes per value) as f32.
+///
+/// # Safety
+/// `w` must hold `j + 8` values and the CPU must have AVX2 + F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_w8(dtype: DType, w: &[u8], j: usize) -> __m256 {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let wp = w.as_ptr().add(j * dtype.block_bytes());
+        match dtype {
+            DType::F32 => _mm256_loadu_ps(wp as *const f32),
+            DType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(wp as *const __m128i)),
+            _ => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+                _mm_loadu_si128(wp as *const __m128i),
+            ))),
+        }
+    }
+}
+
+/// Weight value `j` of a float row.
+#[inline(always)]
+fn w_at(dtype: DType, w: &[u8], j: usize) -> f32 {
+    match dtype {
+        DType::F32 => super::blocks::f32_at(w, 4 * j),
+        DType::F16 => f16_at(w, 2 * j),
+        _ => bf16_at(w, 2 * j),
+    }
+}
+
+/// The canonical row dot (see above) of `n` values; `w8(j)` loads weights j..j+8,
+/// `w1(j)` weight j.
+///
+/// # Safety
+/// `x` must hold `n` values, `w8` be safe to call for every `j + 8 ≤ n`, and the
+/// CPU must have AVX2 + FMA.
+#[inline(always)]
+unsafe fn row_dot(
+    n: usize,
+    x: &[f32],
+    w8: impl Fn(usize) -> __m256,
+    w1: impl Fn(usize) -> f32,
+) -> f32 {
+    // SAFETY: every load below reads x[j..j + 8] with j + 8 ≤ n ≤ x.len().
+    unsafe {
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            acc0 = _mm256_fmadd_ps(w8(i), _mm256_loadu_ps(x.as_ptr().add(i)), acc0);
+            acc1 = _mm256_fmadd_ps(w8(i + 8), _mm256_loadu_ps(x.as_ptr().add(i + 8)), acc1);
+            i += 16;
+        }
+        if i + 8 <= n {
+            acc0 = _mm256_fmadd_ps(w8(i), _mm256_loadu_ps(x.as_ptr().add(i)), acc0);
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(acc0, acc1));
+        for (j, &xv) in x.iter().enumerate().take(n).skip(i) {
+            s += w1(j) * xv;
+        }
+        s
+    }
+}
+
 /// `Σ a[i]·b[i]` with FMA.
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     assert!(available());
@@ -141,76 +212,30 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_f32_impl(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 32 <= n {
-        for (k, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: i + 8k + 8 <= n for both slices.
-            unsafe {
-                let va = _mm256_loadu_ps(a.as_ptr().add(i + 8 * k));
-                let vb = _mm256_loadu_ps(b.as_ptr().add(i + 8 * k));
-                *acc = _mm256_fmadd_ps(va, vb, *acc);
-            }
-        }
-        i += 32;
+    // SAFETY: CPU features checked by the caller; loads stay below n ≤ a.len().
+    unsafe {
+        row_dot(
+            n,
+            b,
+            |j| _mm256_loadu_ps(a.as_ptr().add(j)),
+            |j| *a.get_unchecked(j),
+        )
     }
-    while i + 8 <= n {
-        // SAFETY: i + 8 <= n.
-        unsafe {
-            let va = _mm256_loadu_ps(a.as_ptr().add(i));
-            let vb = _mm256_loadu_ps(b.as_ptr().add(i));
-            acc[0] = _mm256_fmadd_ps(va, vb, acc[0]);
-        }
-        i += 8;
-    }
-    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let tail: f32 = a[i..].iter().zip(&b[i..]).map(|(x, y)| x * y).sum();
-    hsum(v) + tail
 }
 
 /// Dot of an F32/F16/BF16 weight row (bytes) with f32 `x`.
 pub fn dot_float_row(dtype: DType, w: &[u8], x: &[f32]) -> f32 {
     assert!(available());
+    assert!(matches!(dtype, DType::F32 | DType::F16 | DType::BF16));
     // SAFETY: CPU features checked above.
     unsafe { dot_float_row_impl(dtype, w, x) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_float_row_impl(dtype: DType, w: &[u8], x: &[f32]) -> f32 {
-    let esize = dtype.block_bytes();
-    let n = x.len().min(w.len() / esize);
-    let mut acc = [_mm256_setzero_ps(); 2];
-    let mut i = 0;
-    while i + 16 <= n {
-        for (k, acc) in acc.iter_mut().enumerate() {
-            let j = i + 8 * k;
-            // SAFETY: j + 8 <= n, so 8 elements of `w` (esize bytes each) and 8 of `x`
-            // are in bounds.
-            unsafe {
-                let wp = w.as_ptr().add(j * esize);
-                let vw = match dtype {
-                    DType::F32 => _mm256_loadu_ps(wp as *const f32),
-                    DType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(wp as *const __m128i)),
-                    _ => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
-                        _mm_loadu_si128(wp as *const __m128i),
-                    ))),
-                };
-                *acc = _mm256_fmadd_ps(vw, _mm256_loadu_ps(x.as_ptr().add(j)), *acc);
-            }
-        }
-        i += 16;
-    }
-    let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
-    for (j, xv) in x.iter().enumerate().take(n).skip(i) {
-        let wv = match dtype {
-            DType::F32 => super::blocks::f32_at(w, 4 * j),
-            DType::F16 => f16_at(w, 2 * j),
-            _ => bf16_at(w, 2 * j),
-        };
-        s += wv * xv;
-    }
-    s
+    let n = x.len().min(w.len() / dtype.block_bytes());
+    // SAFETY: CPU features checked by the caller; `w` holds n values.
+    unsafe { row_dot(n, x, |j| load_w8(dtype, w, j), |j| w_at(dtype, w, j)) }
 }
 
 /// Four dots sharing one f32 weight row: `[Σ w·x₀, Σ w·x₁, Σ w·x₂, Σ w·x₃]`.
@@ -225,21 +250,35 @@ pub fn dot_f32_x4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_f32_x4_impl(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
     let n = w.len();
-    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut acc0 = [_mm256_setzero_ps(); 4];
+    let mut acc1 = [_mm256_setzero_ps(); 4];
     let mut i = 0;
-    while i + 8 <= n {
-        // SAFETY: i + 8 <= n and every slice has n elements (checked by the caller).
+    while i + 16 <= n {
+        // SAFETY: i + 16 ≤ n and every slice has n elements (checked by the caller).
         unsafe {
-            let vw = _mm256_loadu_ps(w.as_ptr().add(i));
+            let w0 = _mm256_loadu_ps(w.as_ptr().add(i));
+            let w1 = _mm256_loadu_ps(w.as_ptr().add(i + 8));
             for r in 0..4 {
-                acc[r] = _mm256_fmadd_ps(vw, _mm256_loadu_ps(x[r].as_ptr().add(i)), acc[r]);
+                let xp = x[r].as_ptr();
+                acc0[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp.add(i)), acc0[r]);
+                acc1[r] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xp.add(i + 8)), acc1[r]);
+            }
+        }
+        i += 16;
+    }
+    if i + 8 <= n {
+        // SAFETY: i + 8 ≤ n and every slice has n elements (checked by the caller).
+        unsafe {
+            let w0 = _mm256_loadu_ps(w.as_ptr().add(i));
+            for r in 0..4 {
+                acc0[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[r].as_ptr().add(i)), acc0[r]);
             }
         }
         i += 8;
     }
     let mut out = [0f32; 4];
     for r in 0..4 {
-        out[r] = hsum(acc[r]);
+        out[r] = hsum(_mm256_add_ps(acc0[r], acc1[r]));
         for j in i..n {
             out[r] += w[j] * x[r][j];
         }

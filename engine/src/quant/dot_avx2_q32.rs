@@ -14,7 +14,6 @@
 use std::arch::x86_64::*;
 
 use super::act::{ActRow, ActTile4};
-use super::dot_avx2::hsum;
 
 /// 16 packed bytes → 32 nibbles: low nibbles are values 0..16, high 16..32.
 #[inline]
@@ -54,6 +53,17 @@ unsafe fn act_ds(a: &ActRow<'_>, b: usize) -> __m128 {
     unsafe { _mm_castpd_ps(_mm_load_sd(a.ds.as_ptr().add(2 * b) as *const f64)) }
 }
 
+/// `((a₀+a₁)+(a₂+a₃)) + ((a₄+a₅)+(a₆+a₇))`: the per-row reduction the four-row
+/// kernels get from their `hadd` tree.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn reduce_like_x4(v: __m256) -> f32 {
+    let h = _mm256_hadd_ps(v, v);
+    let h = _mm256_hadd_ps(h, h);
+    let s = _mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+    _mm_cvtss_f32(s)
+}
+
 /// Generates `$dot1` (one activation row) and `$dot4` (four rows) for one type.
 /// `$decode(p) -> (q, dm)` decodes the block at pointer `p`: 32 quant bytes and
 /// `[dw, mw, _, _]`.
@@ -69,16 +79,17 @@ macro_rules! kernels {
             unsafe { $impl1(w, a, nb) }
         }
 
+        /// Performs, per row, exactly the float operations of `$impl4` (one
+        /// accumulator, FMA min term, the same reduction), so that a row's result
+        /// does not depend on which kernel computed it (batch invariance).
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn $impl1(w: &[u8], a: &ActRow<'_>, nb: usize) -> f32 {
             let ones = _mm256_set1_epi16(1);
-            let mut acc0 = _mm256_setzero_ps();
-            let mut acc1 = _mm256_setzero_ps();
-            let mut macc0 = _mm_setzero_ps();
-            let mut macc1 = _mm_setzero_ps();
-            macro_rules! block {
-                ($b:expr, $acc:ident, $macc:ident) => {{
-                    let b = $b;
+            let mut acc = _mm256_setzero_ps();
+            let mut macc = _mm_setzero_ps();
+            for b in 0..nb {
+                // SAFETY: block b < nb lies within `w` and `a` (asserted).
+                unsafe {
                     let $p = w.as_ptr().add(b * $bytes);
                     let (q, dm): (__m256i, __m128) = $decode;
                     let av = _mm256_loadu_si256(a.qs.as_ptr().add(32 * b) as *const __m256i);
@@ -88,27 +99,14 @@ macro_rules! kernels {
                         _mm256_maddubs_epi16(q, av)
                     };
                     let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
-                    let sc = _mm_mul_ps(dm, act_ds(a, b));
-                    $acc = _mm256_fmadd_ps(f, _mm256_broadcastss_ps(sc), $acc);
-                    $macc = _mm_add_ps($macc, sc);
-                }};
-            }
-            let mut b = 0;
-            while b + 2 <= nb {
-                // SAFETY: blocks b, b + 1 < nb lie within `w` and `a` (asserted).
-                unsafe {
-                    block!(b, acc0, macc0);
-                    block!(b + 1, acc1, macc1);
+                    let ds = act_ds(a, b); // [da, s, 0, 0]
+                    let sc = _mm_mul_ps(dm, ds); // lane 0: dw·da
+                    acc = _mm256_fmadd_ps(f, _mm256_broadcastss_ps(sc), acc);
+                    // Lane 1: mw·s + macc, fused as in the four-row kernel.
+                    macc = _mm_fmadd_ps(dm, ds, macc);
                 }
-                b += 2;
             }
-            if b < nb {
-                // SAFETY: block b < nb lies within `w` and `a` (asserted).
-                unsafe { block!(b, acc0, macc0) };
-            }
-            // Lane 1 of macc holds Σ mw·s.
-            let macc = _mm_add_ps(macc0, macc1);
-            hsum(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_movehdup_ps(macc))
+            reduce_like_x4(acc) + _mm_cvtss_f32(_mm_movehdup_ps(macc))
         }
 
         pub fn $dot4(w: &[u8], rb: usize, a: &ActTile4<'_>, out: &mut [f32]) {

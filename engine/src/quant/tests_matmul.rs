@@ -177,3 +177,83 @@ fn matmul_many_equals_separate_calls() {
         }
     }
 }
+
+/// Bitwise comparison of two outputs, with a message naming the first difference.
+fn assert_bits_eq(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (c, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            g.to_bits() == w.to_bits(),
+            "{what} col {c}: batched {g} alone {w}"
+        );
+    }
+}
+
+/// Batch invariance: every output row of a matmul over n activation rows is
+/// bitwise equal to the matmul of that activation row alone, for every dtype and
+/// every n (so whatever kernel, tile and thread chunk computes it) — with the
+/// default pool, with a 3-thread pool (other chunk boundaries), and through
+/// `matmul_many`.
+#[test]
+fn rows_are_batch_invariant() {
+    let mut rng = Rng::new(77);
+    let (rows, rows2, cols) = (70, 37, 512);
+    let pool3 = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    for dtype in DType::ALL {
+        let m = QMatrix::quantize_from_f32(dtype, rows, cols, &rng.vec(rows * cols, 0.3));
+        let m2 = QMatrix::quantize_from_f32(dtype, rows2, cols, &rng.vec(rows2 * cols, 0.3));
+        for n in [1, 2, 3, 4, 5, 7, 9, 17, 33] {
+            let x = rng.vec(n * cols, 1.0);
+            let mut y = vec![f32::NAN; n * rows];
+            m.matmul(&x, n, &mut y);
+            let mut y3 = vec![f32::NAN; n * rows];
+            pool3.install(|| m.matmul(&x, n, &mut y3));
+            let mut many = [vec![f32::NAN; n * rows], vec![f32::NAN; n * rows2]];
+            {
+                let mut outs: Vec<&mut [f32]> = many.iter_mut().map(|v| v.as_mut_slice()).collect();
+                QMatrix::matmul_many(&[&m, &m2], &x, n, &mut outs);
+            }
+            for i in 0..n {
+                let xi = &x[i * cols..(i + 1) * cols];
+                let mut alone = vec![f32::NAN; rows];
+                m.matmul(xi, 1, &mut alone);
+                let mut alone2 = vec![f32::NAN; rows2];
+                m2.matmul(xi, 1, &mut alone2);
+                let row = |v: &[f32], r: usize| v[i * r..(i + 1) * r].to_vec();
+                let what = format!("{dtype} n={n} row {i}");
+                assert_bits_eq(&row(&y, rows), &alone, &format!("{what} matmul"));
+                assert_bits_eq(&row(&y3, rows), &alone, &format!("{what} 3 threads"));
+                assert_bits_eq(&row(&many[0], rows), &alone, &format!("{what} many[0]"));
+                assert_bits_eq(&row(&many[1], rows2), &alone2, &format!("{what} many[1]"));
+            }
+        }
+    }
+}
+
+/// The portable integer kernels are batch invariant too (their four-row kernels
+/// must agree bitwise with the one-row ones).
+#[test]
+fn portable_rows_are_batch_invariant() {
+    let mut rng = Rng::new(78);
+    let (rows, cols) = (21, 512);
+    for dtype in DType::ALL {
+        let Some(port) = portable_int_kernel(dtype) else {
+            continue;
+        };
+        let m = QMatrix::quantize_from_f32(dtype, rows, cols, &rng.vec(rows * cols, 0.3));
+        for n in [2, 5, 9] {
+            let x = rng.vec(n * cols, 1.0);
+            let mut y = vec![f32::NAN; n * rows];
+            matmul_int(&m, &port, &x, n, &mut y);
+            for i in 0..n {
+                let mut alone = vec![f32::NAN; rows];
+                matmul_int(&m, &port, &x[i * cols..(i + 1) * cols], 1, &mut alone);
+                let what = format!("{dtype} n={n} row {i} portable");
+                assert_bits_eq(&y[i * rows..(i + 1) * rows], &alone, &what);
+            }
+        }
+    }
+}
