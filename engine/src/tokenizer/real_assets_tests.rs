@@ -121,62 +121,11 @@ fn qwen3_chat_template_matches_transformers() {
     );
 }
 
-/// Reads only the metadata section of a GGUF file (test helper; the engine's own
-/// reader lives in `crate::gguf`).
+/// The metadata of a GGUF file, through the engine's own reader.
 fn read_gguf_metadata(path: &std::path::Path) -> GgufMetadata {
-    struct R<'a>(&'a [u8], usize);
-    impl R<'_> {
-        fn take(&mut self, n: usize) -> &[u8] {
-            let s = &self.0[self.1..self.1 + n];
-            self.1 += n;
-            s
-        }
-        fn u32(&mut self) -> u32 {
-            u32::from_le_bytes(self.take(4).try_into().unwrap())
-        }
-        fn u64(&mut self) -> u64 {
-            u64::from_le_bytes(self.take(8).try_into().unwrap())
-        }
-        fn string(&mut self) -> String {
-            let n = self.u64() as usize;
-            String::from_utf8(self.take(n).to_vec()).unwrap()
-        }
-        fn value(&mut self, ty: u32) -> GgufValue {
-            match ty {
-                0 => GgufValue::U8(self.take(1)[0]),
-                1 => GgufValue::I8(self.take(1)[0] as i8),
-                2 => GgufValue::U16(u16::from_le_bytes(self.take(2).try_into().unwrap())),
-                3 => GgufValue::I16(i16::from_le_bytes(self.take(2).try_into().unwrap())),
-                4 => GgufValue::U32(self.u32()),
-                5 => GgufValue::I32(self.u32() as i32),
-                6 => GgufValue::F32(f32::from_bits(self.u32())),
-                7 => GgufValue::Bool(self.take(1)[0] != 0),
-                8 => GgufValue::String(self.string()),
-                9 => {
-                    let ety = self.u32();
-                    let n = self.u64();
-                    GgufValue::Array((0..n).map(|_| self.value(ety)).collect())
-                }
-                10 => GgufValue::U64(self.u64()),
-                11 => GgufValue::I64(self.u64() as i64),
-                12 => GgufValue::F64(f64::from_bits(self.u64())),
-                t => panic!("unknown GGUF type {t}"),
-            }
-        }
-    }
-    let bytes = std::fs::read(path).unwrap();
-    let mut r = R(&bytes, 0);
-    assert_eq!(r.take(4), b"GGUF");
-    let _version = r.u32();
-    let _tensors = r.u64();
-    let n_kv = r.u64();
-    let mut meta = GgufMetadata::new();
-    for _ in 0..n_kv {
-        let key = r.string();
-        let ty = r.u32();
-        meta.insert(key, r.value(ty));
-    }
-    meta
+    crate::gguf::GgufFile::open(path)
+        .expect("open GGUF")
+        .metadata
 }
 
 fn smollm2() -> Option<(Tokenizer, GgufMetadata)> {
