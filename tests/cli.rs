@@ -13,6 +13,8 @@ fn pdserve(args: &[&str], home: &Path) -> Output {
         .env_remove("HF_HUB_CACHE")
         .env_remove("HF_HOME")
         .env_remove("PDSERVE_MODEL")
+        .env_remove("PDSERVE_MODELS_DIR")
+        .env_remove("PDSERVE_CACHE")
         .env_remove("RUST_LOG")
         .output()
         .expect("run pdserve")
