@@ -4,7 +4,7 @@
 #
 # Phases, each timed:
 #   prereqs  Debian packages the build needs (skipped when already installed)
-#   assets   scripts/fetch-assets.sh: real model + tokenizer into the cache
+#   assets   scripts/fetch-assets.sh --all: real models + tokenizer into the cache
 #   venv     Python venv with the end-to-end test clients (scripts/requirements-e2e.txt)
 #   fmt      cargo fmt --all -- --check
 #   clippy   cargo clippy --workspace --all-targets -- -D warnings
@@ -244,7 +244,7 @@ main() {
     else
         phase prereqs install_prereqs || fatal "prerequisites missing"
     fi
-    phase assets bash scripts/fetch-assets.sh || fatal "model assets unavailable"
+    phase assets bash scripts/fetch-assets.sh --all || fatal "model assets unavailable"
     phase venv setup_venv || fatal "Python venv for end-to-end tests could not be set up"
     phase fmt cargo fmt --all -- --check
     phase clippy cargo clippy --workspace --all-targets -- -D warnings

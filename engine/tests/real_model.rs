@@ -99,3 +99,54 @@ fn smollm2_chat_answers() {
         "got {text:?}"
     );
 }
+
+/// Qwen2 architecture with K-quants (Q4_K_M mix: Q4_K, Q5_0, Q6_K, Q8_0 ...), only
+/// when `scripts/fetch-assets.sh --all` fetched it.
+#[test]
+fn qwen2_5_coder_q4_k_m_writes_python() {
+    let Some(dir) = std::env::var_os("PDSERVE_MODELS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/pdserve/models"))
+        })
+    else {
+        return;
+    };
+    let path = dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    if !path.exists() {
+        eprintln!(
+            "skipped: {} not found (scripts/fetch-assets.sh --all)",
+            path.display()
+        );
+        return;
+    }
+    let model = load_model(path.to_str().unwrap(), &offline()).unwrap();
+    assert_eq!(
+        model.config.arch,
+        pdserve_engine::config::Architecture::Qwen2
+    );
+    let mut engine = Engine::new(model, EngineConfig::default()).unwrap();
+    let msgs = [pdserve_engine::tokenizer::ChatMessage {
+        role: "user".into(),
+        content: "Write a Python function that returns the square of a number.".into(),
+    }];
+    let prompt = engine
+        .tokenizer()
+        .apply_chat_template(&msgs, true, &serde_json::Value::Null)
+        .unwrap();
+    let tokens = engine.tokenizer().encode(&prompt, false).unwrap();
+    engine
+        .add_request(EngineRequest {
+            id: SeqId(1),
+            prompt_tokens: tokens,
+            params: SamplingParams::greedy(40),
+        })
+        .unwrap();
+    let mut text = String::new();
+    while engine.has_work() {
+        for o in engine.step().unwrap() {
+            text.push_str(&o.text);
+        }
+    }
+    assert!(text.contains("def square"), "got {text:?}");
+}
