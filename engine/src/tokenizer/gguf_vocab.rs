@@ -266,54 +266,39 @@ fn array<'a>(meta: &'a GgufMetadata, key: &str) -> Result<Option<&'a [GgufValue]
     }
 }
 
-pub(super) fn str_array<'a>(meta: &'a GgufMetadata, key: &str) -> Result<Option<Vec<&'a str>>> {
+/// Every element of the array at `key` converted by `conv`; `what` names the
+/// expected element kind in the error.
+fn typed_array<'a, T>(
+    meta: &'a GgufMetadata,
+    key: &str,
+    what: &str,
+    conv: impl Fn(&'a GgufValue) -> Option<T>,
+) -> Result<Option<Vec<T>>> {
     let Some(items) = array(meta, key)? else {
         return Ok(None);
     };
     items
         .iter()
         .enumerate()
-        .map(|(i, v)| {
-            v.as_str()
-                .ok_or_else(|| err(format!("`{key}`[{i}] is not a string")))
-        })
+        .map(|(i, v)| conv(v).ok_or_else(|| err(format!("`{key}`[{i}] is not {what}"))))
         .collect::<Result<Vec<_>>>()
         .map(Some)
+}
+
+pub(super) fn str_array<'a>(meta: &'a GgufMetadata, key: &str) -> Result<Option<Vec<&'a str>>> {
+    typed_array(meta, key, "a string", |v| v.as_str())
 }
 
 pub(super) fn int_array(meta: &GgufMetadata, key: &str) -> Result<Option<Vec<i64>>> {
-    let Some(items) = array(meta, key)? else {
-        return Ok(None);
-    };
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let n = match *v {
-                GgufValue::I8(x) => Some(x as i64),
-                GgufValue::I16(x) => Some(x as i64),
-                GgufValue::I32(x) => Some(x as i64),
-                GgufValue::I64(x) => Some(x),
-                ref other => other.as_u64().and_then(|x| i64::try_from(x).ok()),
-            };
-            n.ok_or_else(|| err(format!("`{key}`[{i}] is not an integer")))
-        })
-        .collect::<Result<Vec<_>>>()
-        .map(Some)
+    typed_array(meta, key, "an integer", |v| match *v {
+        GgufValue::I8(x) => Some(x as i64),
+        GgufValue::I16(x) => Some(x as i64),
+        GgufValue::I32(x) => Some(x as i64),
+        GgufValue::I64(x) => Some(x),
+        ref other => other.as_u64().and_then(|x| i64::try_from(x).ok()),
+    })
 }
 
 pub(super) fn f32_array(meta: &GgufMetadata, key: &str) -> Result<Option<Vec<f32>>> {
-    let Some(items) = array(meta, key)? else {
-        return Ok(None);
-    };
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            v.as_f64()
-                .map(|x| x as f32)
-                .ok_or_else(|| err(format!("`{key}`[{i}] is not a number")))
-        })
-        .collect::<Result<Vec<_>>>()
-        .map(Some)
+    typed_array(meta, key, "a number", |v| v.as_f64().map(|x| x as f32))
 }
