@@ -21,39 +21,45 @@ trap 'rm -rf "$OUT"' EXIT
 bash scripts/fetch-assets.sh -q
 cargo build --release -q
 BIN=target/release/pdserve
+# KV pool per run: large enough that no run preempts (batch 16 × 144 tokens of
+# SmolLM2 KV ≈ 106 MB), so the figures measure batching, not recompute.
 KV_MB=64
+KV_MB_BATCH16=128
 
 echo "== llama.cpp (llama-cpp-python, 2 threads)" >&2
 bash scripts/bench-llamacpp.sh --repeats "$REPEATS" >"$OUT/llamacpp.json"
 
-run() { # name args...
-    local name="$1"; shift
+run() { # name kv_mb args...
+    local name="$1" kv="$2"; shift 2
     for i in $(seq "$REPEATS"); do
-        RAYON_NUM_THREADS=2 "$BIN" bench-engine --model "$MODEL" --kv-cache-mb "$KV_MB" --json "$@" \
+        RAYON_NUM_THREADS=2 "$BIN" bench-engine --model "$MODEL" --kv-cache-mb "$kv" --json "$@" \
             >>"$OUT/$name.jsonl"
     done
 }
 echo "== pdserve" >&2
-run decode --batch 1 --prompt-len 16 --gen-len 128
-run prefill --batch 1 --prompt-len 512 --gen-len 2
-run batch16 --batch 16 --prompt-len 16 --gen-len 128
+run decode "$KV_MB" --batch 1 --prompt-len 16 --gen-len 128
+run prefill "$KV_MB" --batch 1 --prompt-len 512 --gen-len 2
+run batch16 "$KV_MB_BATCH16" --batch 16 --prompt-len 16 --gen-len 128
 
-python3 - "$OUT" "$MODEL" "$KV_MB" <<'PY'
+python3 - "$OUT" "$MODEL" "$KV_MB" "$KV_MB_BATCH16" <<'PY'
 import json, os, sys
-out, model, kv_mb = sys.argv[1], sys.argv[2], int(sys.argv[3])
+out, model, kv_mb, kv16 = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 def rows(name):
     return [json.loads(l) for l in open(os.path.join(out, name + ".jsonl")) if l.strip()]
 lc = json.loads(open(os.path.join(out, "llamacpp.json")).read().strip().splitlines()[-1])
 dec = max(r["decode_tok_s"] for r in rows("decode"))
 pre = max(r["prefill_tok_s"] for r in rows("prefill"))
 b16 = max(r["decode_tok_s"] for r in rows("batch16"))
-rss = max(r["peak_rss_mb"] for r in rows("decode") + rows("prefill") + rows("batch16"))
 gguf_mb = os.path.getsize(model) / 2**20
-budget = 1.5 * gguf_mb + kv_mb
+# Peak RSS against 1.5 × GGUF + that run's KV pool; report the tightest run.
+runs = [(r["peak_rss_mb"], 1.5 * gguf_mb + kv, name)
+        for name, kv in (("decode", kv_mb), ("prefill", kv_mb), ("batch16", kv16))
+        for r in rows(name)]
+rss, budget, rss_run = max(runs, key=lambda t: t[0] / t[1])
 print("| figure | pdserve | llama.cpp | ratio | goal |")
 print("|---|---|---|---|---|")
 print(f"| batch-1 decode tok/s (128 gen) | {dec:.1f} | {lc['decode_tok_s']:.1f} | {dec/lc['decode_tok_s']:.2f} | ≥ 1.00 |")
 print(f"| prefill tok/s (512-token prompt) | {pre:.1f} | {lc['prefill512_tok_s']:.1f} | {pre/lc['prefill512_tok_s']:.2f} | ≥ 1.00 |")
 print(f"| batch-16 aggregate decode tok/s | {b16:.1f} | — | {b16/dec:.2f}× our batch-1 | ≥ 4× |")
-print(f"| peak RSS MiB (KV pool {kv_mb} MiB) | {rss:.0f} | — | {rss/budget:.2f} of budget {budget:.0f} | ≤ 1.00 |")
+print(f"| peak RSS MiB, tightest run ({rss_run}) | {rss:.0f} | — | {rss/budget:.2f} of budget {budget:.0f} | ≤ 1.00 |")
 PY
