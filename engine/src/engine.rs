@@ -19,6 +19,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::{AttnSeq, ForwardBatch, MemKind};
 use crate::config::ModelConfig;
 use crate::kv::pool::KvLayout;
+use crate::kv::prefix_cache::{hash_blocks, BlockHash};
 use crate::loader::LoadedModel;
 use crate::model::{Model, ModelRunner};
 use crate::sampling::stop::StopChecker;
@@ -464,6 +465,17 @@ impl Engine {
         self.scheduler.has_work()
     }
 
+    /// Keys of every full block whose KV this engine holds (running or cached):
+    /// what a kv-aware router compares a prompt's block hashes against.
+    pub fn cached_block_hashes(&self) -> Vec<BlockHash> {
+        self.scheduler.cached_block_hashes()
+    }
+
+    /// Block-hash keys of `tokens`' full blocks, as this engine would compute them.
+    pub fn block_hashes(&self, tokens: &[u32]) -> Vec<BlockHash> {
+        hash_blocks(tokens, self.kv_layout().block_size)
+    }
+
     pub fn stats(&self) -> EngineStats {
         let s: SchedulerStats = self.scheduler.stats();
         EngineStats {
@@ -472,5 +484,15 @@ impl Engine {
             free_blocks: s.free_blocks + s.cached_blocks,
             total_blocks: s.total_blocks,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The serving layer moves the engine onto its own thread.
+    #[test]
+    fn engine_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<super::Engine>();
     }
 }
