@@ -1,6 +1,7 @@
-//! Causal paged attention on the CPU. One task per (sequence, query head) computes
-//! all of that head's query rows: scores block by block (each K block slab is read
-//! once for every query row), a row-wise softmax, then values block by block.
+//! Causal paged attention on the CPU. One task per (sequence, KV head) computes all
+//! query rows of the query heads that share that KV head (grouped-query attention):
+//! scores block by block (each key vector is loaded once for the whole group), a
+//! row-wise softmax, then values block by block.
 //!
 //! For a query at absolute position p, keys 0..=p are used in position order, with
 //! the same arithmetic whatever the chunking or batching, so results do not depend
@@ -27,19 +28,21 @@ pub fn paged_attention(
 ) {
     let hd = kv.layout.head_dim;
     let q_dim = n_heads * hd;
+    let n_kv = kv.layout.num_kv_heads;
+    let group = n_heads / n_kv;
     let tasks: Vec<(usize, usize)> = (0..seqs.len())
-        .flat_map(|si| (0..n_heads).map(move |h| (si, h)))
+        .flat_map(|si| (0..n_kv).map(move |g| (si, g)))
         .collect();
     let avx2 = has_avx2_fma();
     let results: Vec<Vec<f32>> = tasks
         .par_iter()
-        .map(|&(si, h)| {
+        .map(|&(si, g)| {
             let task = HeadTask {
                 q,
                 kv,
                 layer,
                 seq: &seqs[si],
-                head: h,
+                kv_head: g,
                 n_heads,
             };
             if avx2 {
@@ -49,11 +52,14 @@ pub fn paged_attention(
             }
         })
         .collect();
-    for (&(si, h), res) in tasks.iter().zip(results) {
+    for (&(si, g), res) in tasks.iter().zip(results) {
         let s = &seqs[si];
-        for i in 0..s.len {
-            out[(s.row_start + i) * q_dim + h * hd..][..hd]
-                .copy_from_slice(&res[i * hd..(i + 1) * hd]);
+        for hh in 0..group {
+            let h = g * group + hh;
+            for i in 0..s.len {
+                out[(s.row_start + i) * q_dim + h * hd..][..hd]
+                    .copy_from_slice(&res[(hh * s.len + i) * hd..][..hd]);
+            }
         }
     }
 }
@@ -74,7 +80,7 @@ struct HeadTask<'a> {
     kv: &'a CpuKvPool,
     layer: usize,
     seq: &'a AttnSeq,
-    head: usize,
+    kv_head: usize,
     n_heads: usize,
 }
 
@@ -93,70 +99,72 @@ impl HeadTask<'_> {
         self.run()
     }
 
-    /// `[len][head_dim]` attention output of this head for the sequence's rows.
+    /// `[group][len][head_dim]` attention output of the query heads sharing this
+    /// KV head, for the sequence's rows.
     #[inline(always)]
     fn run(&self) -> Vec<f32> {
         let l = &self.kv.layout;
         let (hd, bs, kv_dim) = (l.head_dim, l.block_size, l.kv_dim());
         let s = self.seq;
-        let g = self.head / (self.n_heads / l.num_kv_heads);
+        let g = self.kv_head;
+        let group = self.n_heads / l.num_kv_heads;
         let q_dim = self.n_heads * hd;
         let scale = 1.0 / (hd as f32).sqrt();
         let ctx = s.pos_start + s.len;
         let n_blocks = ctx.div_ceil(bs);
-        let qrow = |i: usize| &self.q[(s.row_start + i) * q_dim + self.head * hd..][..hd];
+        let qrow = |hh: usize, i: usize| {
+            &self.q[(s.row_start + i) * q_dim + (g * group + hh) * hd..][..hd]
+        };
+        // scores[hh][i][t] for t ≤ pos(i); entries past the causal limit stay unused.
+        let srow = |hh: usize, i: usize| (hh * s.len + i) * ctx;
 
-        // scores[i][t] for t ≤ pos(i); entries past the causal limit stay unused.
-        let mut scores = vec![0f32; s.len * ctx];
+        let mut scores = vec![0f32; group * s.len * ctx];
         for b in 0..n_blocks {
-            let slab = self
-                .kv
-                .layout
-                .slab_offset(s.block_table[b].0 as usize, self.layer, false);
+            let slab = l.slab_offset(s.block_table[b].0 as usize, self.layer, false);
             let t0 = b * bs;
             let t_end = (t0 + bs).min(ctx);
             // Queries that see at least the first key of this block.
             let i_first = t0.saturating_sub(s.pos_start);
             for i in i_first..s.len {
-                let p = s.pos_start + i;
-                let qi = qrow(i);
-                let t_stop = t_end.min(p + 1);
-                let row = &mut scores[i * ctx + t0..i * ctx + t_stop];
-                for (j, sc) in row.iter_mut().enumerate() {
-                    let k = &self.kv.data[slab + j * kv_dim + g * hd..][..hd];
-                    *sc = dot(qi, k) * scale;
+                let t_stop = t_end.min(s.pos_start + i + 1);
+                for t in t0..t_stop {
+                    let k = &self.kv.data[slab + (t - t0) * kv_dim + g * hd..][..hd];
+                    for hh in 0..group {
+                        scores[srow(hh, i) + t] = dot(qrow(hh, i), k) * scale;
+                    }
                 }
             }
         }
-        for i in 0..s.len {
-            let n_keys = s.pos_start + i + 1;
-            let row = &mut scores[i * ctx..i * ctx + n_keys];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for x in row.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            for x in row.iter_mut() {
-                *x *= inv;
+        for hh in 0..group {
+            for i in 0..s.len {
+                let n_keys = s.pos_start + i + 1;
+                let row = &mut scores[srow(hh, i)..srow(hh, i) + n_keys];
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for x in row.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                for x in row.iter_mut() {
+                    *x *= inv;
+                }
             }
         }
-        let mut res = vec![0f32; s.len * hd];
+        let mut res = vec![0f32; group * s.len * hd];
         for b in 0..n_blocks {
-            let slab = self
-                .kv
-                .layout
-                .slab_offset(s.block_table[b].0 as usize, self.layer, true);
+            let slab = l.slab_offset(s.block_table[b].0 as usize, self.layer, true);
             let t0 = b * bs;
             let t_end = (t0 + bs).min(ctx);
             let i_first = t0.saturating_sub(s.pos_start);
             for i in i_first..s.len {
-                let p = s.pos_start + i;
-                let o = &mut res[i * hd..(i + 1) * hd];
-                for t in t0..t_end.min(p + 1) {
+                let t_stop = t_end.min(s.pos_start + i + 1);
+                for t in t0..t_stop {
                     let v = &self.kv.data[slab + (t - t0) * kv_dim + g * hd..][..hd];
-                    axpy(scores[i * ctx + t], v, o);
+                    for hh in 0..group {
+                        let o = &mut res[(hh * s.len + i) * hd..][..hd];
+                        axpy(scores[srow(hh, i) + t], v, o);
+                    }
                 }
             }
         }
