@@ -255,10 +255,9 @@ fn main() {
         "decode floor for SmolLM2-135M Q4_1 (~{model_mb} MB/token): {:.0} tok/s",
         all * 1e3 / model_mb
     );
-    let home = std::env::var_os("HOME").unwrap_or_default();
-    let path =
-        std::path::Path::new(&home).join(".cache/pdserve/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    bench_model(&path, reps, 512);
+    if let Some(path) = pdserve_engine::fixtures::real_asset("SmolLM2-135M-Instruct.Q4_1.gguf") {
+        bench_model(&path, reps, 512);
+    }
     if !std::env::args().any(|a| a == "model") {
         bench_shapes(&[DType::Q4_1, DType::Q8_0], reps);
     }

@@ -7,30 +7,17 @@ use std::path::PathBuf;
 
 use common::offline;
 use pdserve_engine::engine::{Engine, EngineConfig, EngineRequest};
+use pdserve_engine::fixtures::real_asset;
 use pdserve_engine::loader::load_model;
 use pdserve_engine::sampling::SamplingParams;
 use pdserve_engine::SeqId;
 
 fn smollm2() -> Option<PathBuf> {
-    let dir = std::env::var_os("PDSERVE_MODELS_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/pdserve/models"))
-        })?;
-    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipped: {} not found (run scripts/fetch-assets.sh)",
-            p.display()
-        );
-        None
-    }
+    real_asset("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
-fn generate(engine: &mut Engine, prompt: &str, max_tokens: usize) -> String {
-    let tokens = engine.tokenizer().encode(prompt, true).unwrap();
+/// Greedy text of `max_tokens` tokens after `tokens`.
+fn run(engine: &mut Engine, tokens: Vec<u32>, max_tokens: usize) -> String {
     engine
         .add_request(EngineRequest {
             id: SeqId(1),
@@ -45,6 +32,27 @@ fn generate(engine: &mut Engine, prompt: &str, max_tokens: usize) -> String {
         }
     }
     text
+}
+
+/// Plain completion of `prompt` (BOS added as the model wants).
+fn generate(engine: &mut Engine, prompt: &str, max_tokens: usize) -> String {
+    let tokens = engine.tokenizer().encode(prompt, true).unwrap();
+    run(engine, tokens, max_tokens)
+}
+
+/// One user turn through the model's chat template; returns (rendered prompt, answer).
+fn chat(engine: &mut Engine, user: &str, max_tokens: usize) -> (String, String) {
+    let msgs = [pdserve_engine::tokenizer::ChatMessage {
+        role: "user".into(),
+        content: user.into(),
+    }];
+    let prompt = engine
+        .tokenizer()
+        .apply_chat_template(&msgs, true, &serde_json::Value::Null)
+        .unwrap();
+    let tokens = engine.tokenizer().encode(&prompt, false).unwrap();
+    let text = run(engine, tokens, max_tokens);
+    (prompt, text)
 }
 
 #[test]
@@ -67,29 +75,8 @@ fn smollm2_chat_answers() {
     let Some(path) = smollm2() else { return };
     let model = load_model(path.to_str().unwrap(), &offline()).unwrap();
     let mut engine = Engine::new(model, EngineConfig::default()).unwrap();
-    let msgs = [pdserve_engine::tokenizer::ChatMessage {
-        role: "user".into(),
-        content: "What is the capital of France?".into(),
-    }];
-    let prompt = engine
-        .tokenizer()
-        .apply_chat_template(&msgs, true, &serde_json::Value::Null)
-        .unwrap();
+    let (prompt, text) = chat(&mut engine, "What is the capital of France?", 24);
     assert!(prompt.contains("<|im_start|>assistant"), "{prompt}");
-    let tokens = engine.tokenizer().encode(&prompt, false).unwrap();
-    engine
-        .add_request(EngineRequest {
-            id: SeqId(1),
-            prompt_tokens: tokens,
-            params: SamplingParams::greedy(24),
-        })
-        .unwrap();
-    let mut text = String::new();
-    while engine.has_work() {
-        for o in engine.step().unwrap() {
-            text.push_str(&o.text);
-        }
-    }
     // SmolLM2-135M at 4 bits sits near a tie here: llama.cpp's greedy answer (measured
     // with llama-cpp-python, 2 threads, 2026-11-21) is "L'Étoile, la Marseillaise, ...",
     // and tiny numerical differences flip it to the right answer. Either is the
@@ -104,49 +91,19 @@ fn smollm2_chat_answers() {
 /// when `scripts/fetch-assets.sh --all` fetched it.
 #[test]
 fn qwen2_5_coder_q4_k_m_writes_python() {
-    let Some(dir) = std::env::var_os("PDSERVE_MODELS_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/pdserve/models"))
-        })
-    else {
+    let Some(path) = real_asset("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else {
         return;
     };
-    let path = dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
-    if !path.exists() {
-        eprintln!(
-            "skipped: {} not found (scripts/fetch-assets.sh --all)",
-            path.display()
-        );
-        return;
-    }
     let model = load_model(path.to_str().unwrap(), &offline()).unwrap();
     assert_eq!(
         model.config.arch,
         pdserve_engine::config::Architecture::Qwen2
     );
     let mut engine = Engine::new(model, EngineConfig::default()).unwrap();
-    let msgs = [pdserve_engine::tokenizer::ChatMessage {
-        role: "user".into(),
-        content: "Write a Python function that returns the square of a number.".into(),
-    }];
-    let prompt = engine
-        .tokenizer()
-        .apply_chat_template(&msgs, true, &serde_json::Value::Null)
-        .unwrap();
-    let tokens = engine.tokenizer().encode(&prompt, false).unwrap();
-    engine
-        .add_request(EngineRequest {
-            id: SeqId(1),
-            prompt_tokens: tokens,
-            params: SamplingParams::greedy(40),
-        })
-        .unwrap();
-    let mut text = String::new();
-    while engine.has_work() {
-        for o in engine.step().unwrap() {
-            text.push_str(&o.text);
-        }
-    }
+    let (_, text) = chat(
+        &mut engine,
+        "Write a Python function that returns the square of a number.",
+        40,
+    );
     assert!(text.contains("def square"), "got {text:?}");
 }

@@ -291,16 +291,9 @@ proptest! {
 
 #[test]
 fn real_smollm2_gguf() {
-    let Some(home) = std::env::var_os("HOME") else {
-        println!("skipped: HOME not set");
+    let Some(path) = crate::fixtures::real_asset("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
-    let path =
-        std::path::Path::new(&home).join(".cache/pdserve/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        println!("skipped: {} not present", path.display());
-        return;
-    }
     let f = GgufFile::open(&path).unwrap();
     let mut counts = std::collections::BTreeMap::new();
     for t in &f.tensors {

@@ -33,20 +33,10 @@ impl Rng {
     }
 }
 
-const QUANT_TYPES: [DType; 12] = [
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q5_0,
-    DType::Q5_1,
-    DType::Q8_0,
-    DType::Q8_1,
-    DType::Q2_K,
-    DType::Q3_K,
-    DType::Q4_K,
-    DType::Q5_K,
-    DType::Q6_K,
-    DType::Q8_K,
-];
+/// Every block-quantized type.
+fn quant_types() -> impl Iterator<Item = DType> {
+    DType::ALL.into_iter().filter(|d| d.is_quantized())
+}
 
 #[test]
 fn dtype_table() {
@@ -104,7 +94,7 @@ fn quantize_roundtrip_error() {
 #[test]
 fn quantize_edge_cases() {
     // All zeros, constants, and a single spike must round-trip without NaN.
-    for dtype in QUANT_TYPES {
+    for dtype in quant_types() {
         for pattern in 0..3 {
             let x: Vec<f32> = (0..256)
                 .map(|i| match pattern {
@@ -246,7 +236,7 @@ fn ref_value(dtype: DType, b: &[u8], e: usize) -> f32 {
 #[test]
 fn dequant_matches_reference_bit_exact() {
     let mut rng = Rng::new(11);
-    for dtype in QUANT_TYPES {
+    for dtype in quant_types() {
         let n_blocks = 6;
         let bytes = random_blocks(dtype, n_blocks, &mut rng);
         let cols = n_blocks * dtype.block_len();

@@ -10,18 +10,8 @@ use serde_json::json;
 use super::{ChatMessage, Tokenizer};
 use crate::gguf::{GgufMetadata, GgufValue};
 
-fn models_dir() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/pdserve/models"))
-}
-
 fn asset(rel: &str) -> Option<PathBuf> {
-    let p = models_dir()?.join(rel);
-    if p.exists() {
-        Some(p)
-    } else {
-        println!("SKIPPED: {} not found", p.display());
-        None
-    }
+    crate::fixtures::real_asset(rel)
 }
 
 fn qwen3() -> Option<Tokenizer> {
