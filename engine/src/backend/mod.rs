@@ -66,6 +66,9 @@ pub trait Backend: Send {
     type Matrix: Send + Sync;
     type Vector: Send + Sync;
     type Kv: Send;
+    /// Rotary-embedding angles for one batch's positions (built once per forward,
+    /// used by every layer).
+    type Rope: Send;
 
     fn name(&self) -> String;
 
@@ -119,8 +122,10 @@ pub trait Backend: Send {
     fn add(&self, x: &mut Self::Buf, y: &Self::Buf);
     /// `gate = silu(gate) * up`.
     fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf);
+    /// cos/sin of every (position, frequency) pair of the batch.
+    fn rope_table(&self, positions: &[u32], head_dim: usize, theta: f32) -> Self::Rope;
     /// Rotary embedding (HF rotate-half convention) on `x[rows][n_heads * head_dim]`.
-    fn rope(&self, x: &mut Self::Buf, positions: &[u32], head_dim: usize, theta: f32);
+    fn rope(&self, x: &mut Self::Buf, table: &Self::Rope, head_dim: usize);
     /// Writes this step's K and V rows (`[rows][kv_dim]`) into their slots.
     fn store_kv(
         &self,

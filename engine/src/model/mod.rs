@@ -157,6 +157,7 @@ impl<B: Backend> Model<B> {
         let (h, q_dim, kv_dim, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
         let eps = c.rms_norm_eps;
         let slots = batch.kv_slots(self.kv_layout.block_size);
+        let rope = be.rope_table(&batch.positions, c.head_dim, c.rope_theta);
 
         // Activations: [n][h] residual stream, [n][h] normed input.
         let mut resid = be.alloc(n * h);
@@ -192,8 +193,8 @@ impl<B: Backend> Model<B> {
                 be.head_rms_norm(&mut q, qn, eps);
                 be.head_rms_norm(&mut k, kn, eps);
             }
-            be.rope(&mut q, &batch.positions, c.head_dim, c.rope_theta);
-            be.rope(&mut k, &batch.positions, c.head_dim, c.rope_theta);
+            be.rope(&mut q, &rope, c.head_dim);
+            be.rope(&mut k, &rope, c.head_dim);
             be.store_kv(&mut self.kv, li, &k, &v, &slots);
             be.attention(&q, &self.kv, li, &batch.seqs, c.num_heads, &mut attn);
             be.matmul(&attn, &l.wo, n, &mut proj);

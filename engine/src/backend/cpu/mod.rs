@@ -23,6 +23,8 @@ impl Backend for CpuBackend {
     type Matrix = QMatrix;
     type Vector = Vec<f32>;
     type Kv = CpuKvPool;
+    /// `(cos, sin)`, each `[rows][head_dim / 2]`.
+    type Rope = (Vec<f32>, Vec<f32>);
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
@@ -133,14 +135,17 @@ impl Backend for CpuBackend {
             });
     }
 
-    fn rope(&self, x: &mut Vec<f32>, positions: &[u32], head_dim: usize, theta: f32) {
-        let rows = positions.len();
+    fn rope_table(&self, positions: &[u32], head_dim: usize, theta: f32) -> Self::Rope {
+        ops::rope_tables(positions, head_dim, theta)
+    }
+
+    fn rope(&self, x: &mut Vec<f32>, (cos, sin): &Self::Rope, head_dim: usize) {
+        let half = head_dim / 2;
+        let rows = cos.len() / half.max(1);
         if rows == 0 {
             return;
         }
         let dim = x.len() / rows;
-        let half = head_dim / 2;
-        let (cos, sin) = ops::rope_tables(positions, head_dim, theta);
         for (r, row) in x.chunks_exact_mut(dim).enumerate() {
             let (c, s) = (
                 &cos[r * half..(r + 1) * half],
