@@ -104,14 +104,13 @@ impl HeadTask<'_> {
     #[inline(always)]
     fn run(&self) -> Vec<f32> {
         let l = &self.kv.layout;
-        let (hd, bs, kv_dim) = (l.head_dim, l.block_size, l.kv_dim());
+        let hd = l.head_dim;
         let s = self.seq;
         let g = self.kv_head;
         let group = self.n_heads / l.num_kv_heads;
         let q_dim = self.n_heads * hd;
         let scale = 1.0 / (hd as f32).sqrt();
         let ctx = s.pos_start + s.len;
-        let n_blocks = ctx.div_ceil(bs);
         let qrow = |hh: usize, i: usize| {
             &self.q[(s.row_start + i) * q_dim + (g * group + hh) * hd..][..hd]
         };
@@ -119,22 +118,11 @@ impl HeadTask<'_> {
         let srow = |hh: usize, i: usize| (hh * s.len + i) * ctx;
 
         let mut scores = vec![0f32; group * s.len * ctx];
-        for b in 0..n_blocks {
-            let slab = l.slab_offset(s.block_table[b].0 as usize, self.layer, false);
-            let t0 = b * bs;
-            let t_end = (t0 + bs).min(ctx);
-            // Queries that see at least the first key of this block.
-            let i_first = t0.saturating_sub(s.pos_start);
-            for i in i_first..s.len {
-                let t_stop = t_end.min(s.pos_start + i + 1);
-                for t in t0..t_stop {
-                    let k = &self.kv.data[slab + (t - t0) * kv_dim + g * hd..][..hd];
-                    for hh in 0..group {
-                        scores[srow(hh, i) + t] = dot(qrow(hh, i), k) * scale;
-                    }
-                }
+        self.for_each_visible(false, |i, t, k| {
+            for hh in 0..group {
+                scores[srow(hh, i) + t] = dot(qrow(hh, i), k) * scale;
             }
-        }
+        });
         for hh in 0..group {
             for i in 0..s.len {
                 let n_keys = s.pos_start + i + 1;
@@ -152,22 +140,35 @@ impl HeadTask<'_> {
             }
         }
         let mut res = vec![0f32; group * s.len * hd];
-        for b in 0..n_blocks {
-            let slab = l.slab_offset(s.block_table[b].0 as usize, self.layer, true);
+        self.for_each_visible(true, |i, t, v| {
+            for hh in 0..group {
+                let o = &mut res[(hh * s.len + i) * hd..][..hd];
+                axpy(scores[srow(hh, i) + t], v, o);
+            }
+        });
+        res
+    }
+
+    /// Calls `f(i, t, vector)` for every query row `i` and every key position `t`
+    /// it may attend to (`t ≤ pos(i)`), with this KV head's key (`values = false`) or
+    /// value vector at `t`; block by block, so each block slab stays in cache.
+    #[inline(always)]
+    fn for_each_visible(&self, values: bool, mut f: impl FnMut(usize, usize, &[f32])) {
+        let l = &self.kv.layout;
+        let (hd, bs, kv_dim) = (l.head_dim, l.block_size, l.kv_dim());
+        let s = self.seq;
+        let ctx = s.pos_start + s.len;
+        for b in 0..ctx.div_ceil(bs) {
+            let slab = l.slab_offset(s.block_table[b].0 as usize, self.layer, values);
             let t0 = b * bs;
             let t_end = (t0 + bs).min(ctx);
-            let i_first = t0.saturating_sub(s.pos_start);
-            for i in i_first..s.len {
-                let t_stop = t_end.min(s.pos_start + i + 1);
-                for t in t0..t_stop {
-                    let v = &self.kv.data[slab + (t - t0) * kv_dim + g * hd..][..hd];
-                    for hh in 0..group {
-                        let o = &mut res[(hh * s.len + i) * hd..][..hd];
-                        axpy(scores[srow(hh, i) + t], v, o);
-                    }
+            // Queries that see at least the first key of this block.
+            for i in t0.saturating_sub(s.pos_start)..s.len {
+                for t in t0..t_end.min(s.pos_start + i + 1) {
+                    let off = slab + (t - t0) * kv_dim + self.kv_head * hd;
+                    f(i, t, &self.kv.data[off..off + hd]);
                 }
             }
         }
-        res
     }
 }
