@@ -1,0 +1,1 @@
+//! Pure decision functions of the serving layer (no actors, no clocks, no I/O).

@@ -1,0 +1,513 @@
+//! A cluster node: one `pdserve` process's ractor_cluster `NodeServer` plus its
+//! membership actor.
+//!
+//! Membership (what ractor_cluster does not do for us):
+//! - the node connects to every `--seed` and, transitively (ractor_cluster's
+//!   `Transitive` mode), to every peer its peers know;
+//! - every peer address ever seen (seeds and the listen addresses peers announce)
+//!   is kept; a lost or refused connection is retried with exponential backoff
+//!   (100 ms doubling to 5 s), so a node that comes back rejoins without restarting
+//!   anyone;
+//! - right after a session is up, the membership actors exchange [`Hello`]; a peer
+//!   with another [`PROTOCOL_VERSION`] is disconnected and logged;
+//! - a session that closes before authenticating (wrong `--cluster-cookie`, or bytes
+//!   that are not a pdserve node) is logged as refused, on both sides.
+//!
+//! Invariant: nothing here stores a remote `ActorId` across sessions; peers are
+//! keyed by their announced listen address and node name.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
+
+use crate::groups;
+use crate::ids::{NodeName, Role};
+use crate::protocol::{Hello, MemberWire, PROTOCOL_VERSION};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const TICK: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot start the cluster node on {addr}: {reason}")]
+    Start { addr: String, reason: String },
+    #[error("invalid seed address {0:?} (expected HOST:PORT)")]
+    BadSeed(String),
+}
+
+/// How to start a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// A label for the node name (`decode`, `prefill`, `frontend`, `serve`).
+    pub label: String,
+    /// Cluster listen address (`--cluster-listen`); port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Addresses of nodes to join through (`--seed`, repeatable).
+    pub seeds: Vec<String>,
+    /// Shared secret (`--cluster-cookie`).
+    pub cookie: String,
+    pub roles: Vec<Role>,
+}
+
+/// A running node. Dropping it does not stop it; call [`Node::shutdown`].
+pub struct Node {
+    pub name: NodeName,
+    /// The announced listen address (`host:port`).
+    pub listen: String,
+    server: ActorRef<NodeServerMessage>,
+    members: ActorRef<MemberMsg>,
+}
+
+impl Node {
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        for s in &config.seeds {
+            if s.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(NodeError::BadSeed(s.clone()));
+            }
+        }
+        let start_err = |reason: String| NodeError::Start {
+            addr: config.listen.to_string(),
+            reason,
+        };
+        // Bind first so that a taken port is a clear error (NodeServer's listener
+        // would only log it), and so that port 0 resolves before we announce it.
+        let probe =
+            std::net::TcpListener::bind(config.listen).map_err(|e| start_err(e.to_string()))?;
+        let port = probe
+            .local_addr()
+            .map_err(|e| start_err(e.to_string()))?
+            .port();
+        drop(probe);
+        let host = config.listen.ip().to_string();
+        let listen = format!("{host}:{port}");
+        let name = NodeName(format!(
+            "{}-{}-{:04x}",
+            config.label,
+            listen,
+            rand::random::<u16>()
+        ));
+        let server = NodeServer::new(
+            port,
+            config.cookie.clone(),
+            name.0.clone(),
+            host,
+            None,
+            Some(ractor_cluster::node::NodeConnectionMode::Transitive),
+        )
+        .with_listen_addr(config.listen.ip());
+        let (server, _) = Actor::spawn(None, server, ())
+            .await
+            .map_err(|e| start_err(e.to_string()))?;
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            node: name.clone(),
+            listen: listen.clone(),
+            roles: config.roles.clone(),
+        };
+        let (members, _) = Actor::spawn(
+            None,
+            Membership,
+            MemberArgs {
+                server: server.clone(),
+                hello,
+                seeds: config.seeds.clone(),
+            },
+        )
+        .await
+        .map_err(|e| start_err(e.to_string()))?;
+        // Wait (bounded) for the listener to accept, so callers can connect at once.
+        for _ in 0..50 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+                || tokio::net::TcpStream::connect(config.listen).await.is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!(node = %name, %listen, seeds = ?config.seeds, "cluster node started");
+        Ok(Node {
+            name,
+            listen,
+            server,
+            members,
+        })
+    }
+
+    /// Names of the peers this node has exchanged a compatible [`Hello`] with.
+    pub async fn peers(&self) -> Vec<Hello> {
+        ractor::call_t!(self.members, MemberMsg::Peers, 1000).unwrap_or_default()
+    }
+
+    /// Stops reconnecting, closes every session and the listener.
+    pub async fn shutdown(self) {
+        self.members.stop(None);
+        self.server.stop(None);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Membership;
+
+struct MemberArgs {
+    server: ActorRef<NodeServerMessage>,
+    hello: Hello,
+    seeds: Vec<String>,
+}
+
+/// Membership actor messages; only `Wire` crosses nodes.
+pub enum MemberMsg {
+    Wire(MemberWire),
+    Session(SessionEvent),
+    Connected {
+        addr: String,
+        ok: Result<(), String>,
+    },
+    Tick,
+    Peers(ractor::RpcReplyPort<Vec<Hello>>),
+}
+crate::impl_wire_message!(MemberMsg, MemberWire);
+
+/// A node-server event, forwarded from the subscription.
+pub enum SessionEvent {
+    Opened {
+        session: String,
+        peer_addr: String,
+        outgoing: bool,
+    },
+    Authenticated {
+        session: String,
+    },
+    Ready {
+        session: String,
+        peer: Option<(String, String)>,
+    },
+    Closed {
+        session: String,
+    },
+}
+
+struct Target {
+    next_try: Instant,
+    backoff: Duration,
+    connecting: bool,
+    /// A session with this address is up (authenticated).
+    up: bool,
+    refusals: u32,
+}
+
+impl Target {
+    fn new() -> Target {
+        Target {
+            next_try: Instant::now(),
+            backoff: BACKOFF_MIN,
+            connecting: false,
+            up: false,
+            refusals: 0,
+        }
+    }
+    fn failed(&mut self) {
+        self.up = false;
+        self.connecting = false;
+        self.next_try = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+struct SessionInfo {
+    peer_addr: String,
+    outgoing: bool,
+    authenticated: bool,
+    /// The peer's announced `host:port`, once known.
+    connection_string: Option<String>,
+    peer_name: Option<String>,
+}
+
+struct MemberState {
+    server: ActorRef<NodeServerMessage>,
+    hello: Hello,
+    targets: BTreeMap<String, Target>,
+    sessions: HashMap<String, SessionInfo>,
+    peers: BTreeMap<NodeName, Hello>,
+    greeted: HashSet<ractor::ActorId>,
+}
+
+struct Forwarder(ActorRef<MemberMsg>);
+
+fn session_key(s: &ractor_cluster::node::NodeServerSessionInformation) -> String {
+    format!("{}", s.actor.get_id())
+}
+
+impl NodeEventSubscription for Forwarder {
+    fn node_session_opened(&self, s: ractor_cluster::node::NodeServerSessionInformation) {
+        let _ = self.0.cast(MemberMsg::Session(SessionEvent::Opened {
+            session: session_key(&s),
+            peer_addr: s.peer_addr.clone(),
+            outgoing: !s.is_server,
+        }));
+    }
+    fn node_session_authenticated(&self, s: ractor_cluster::node::NodeServerSessionInformation) {
+        let _ = self.0.cast(MemberMsg::Session(SessionEvent::Authenticated {
+            session: session_key(&s),
+        }));
+    }
+    fn node_session_ready(&self, s: ractor_cluster::node::NodeServerSessionInformation) {
+        let peer = s
+            .peer_name
+            .as_ref()
+            .map(|p| (p.name.clone(), p.connection_string.clone()));
+        let _ = self.0.cast(MemberMsg::Session(SessionEvent::Ready {
+            session: session_key(&s),
+            peer,
+        }));
+    }
+    fn node_session_disconnected(&self, s: ractor_cluster::node::NodeServerSessionInformation) {
+        let _ = self.0.cast(MemberMsg::Session(SessionEvent::Closed {
+            session: session_key(&s),
+        }));
+    }
+}
+
+impl Actor for Membership {
+    type Msg = MemberMsg;
+    type State = MemberState;
+    type Arguments = MemberArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<MemberMsg>,
+        args: MemberArgs,
+    ) -> Result<MemberState, ActorProcessingErr> {
+        args.server.cast(NodeServerMessage::SubscribeToEvents {
+            id: "pdserve-membership".into(),
+            subscription: Box::new(Forwarder(myself.clone())),
+        })?;
+        ractor::pg::join(groups::MEMBERS.to_string(), vec![myself.get_cell()]);
+        ractor::pg::monitor(groups::MEMBERS.to_string(), myself.get_cell());
+        let mut targets = BTreeMap::new();
+        for s in args.seeds {
+            if s != args.hello.listen {
+                targets.insert(s, Target::new());
+            }
+        }
+        myself.send_interval(TICK, || MemberMsg::Tick);
+        Ok(MemberState {
+            server: args.server,
+            hello: args.hello,
+            targets,
+            sessions: HashMap::new(),
+            peers: BTreeMap::new(),
+            greeted: HashSet::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<MemberMsg>,
+        msg: MemberMsg,
+        st: &mut MemberState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            MemberMsg::Tick => connect_due(&myself, st),
+            MemberMsg::Connected { addr, ok } => {
+                if let Some(t) = st.targets.get_mut(&addr) {
+                    if let Err(e) = ok {
+                        if t.refusals == 0 {
+                            tracing::warn!(peer = %addr, "cannot reach cluster peer: {e}; retrying with backoff");
+                        }
+                        t.refusals += 1;
+                        t.failed();
+                    }
+                }
+            }
+            MemberMsg::Session(ev) => on_session(st, ev),
+            MemberMsg::Wire(MemberWire::Hello(h)) => on_hello(st, h).await,
+            MemberMsg::Peers(reply) => {
+                let _ = reply.send(st.peers.values().cloned().collect());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<MemberMsg>,
+        evt: SupervisionEvent,
+        st: &mut MemberState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ProcessGroupChanged(ractor::pg::GroupChangeMessage::Join(
+            _,
+            _,
+            cells,
+        )) = evt
+        {
+            for cell in cells {
+                if !cell.get_id().is_local() && st.greeted.insert(cell.get_id()) {
+                    let peer: ActorRef<MemberMsg> = cell.into();
+                    let _ = peer.cast(MemberMsg::Wire(MemberWire::Hello(st.hello.clone())));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<MemberMsg>,
+        st: &mut MemberState,
+    ) -> Result<(), ActorProcessingErr> {
+        let _ = st.server.cast(NodeServerMessage::UnsubscribeToEvents(
+            "pdserve-membership".into(),
+        ));
+        Ok(())
+    }
+}
+
+fn connect_due(myself: &ActorRef<MemberMsg>, st: &mut MemberState) {
+    let now = Instant::now();
+    for (addr, t) in st.targets.iter_mut() {
+        if t.up || t.connecting || now < t.next_try {
+            continue;
+        }
+        t.connecting = true;
+        let server = st.server.clone();
+        let me = myself.clone();
+        let addr = addr.clone();
+        tokio::spawn(async move {
+            let ok = match tokio::time::timeout(
+                Duration::from_secs(2),
+                ractor_cluster::client_connect(&server, addr.as_str()),
+            )
+            .await
+            {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("{e:?}")),
+                Err(_) => Err("connect timed out".to_string()),
+            };
+            let _ = me.cast(MemberMsg::Connected { addr, ok });
+        });
+    }
+}
+
+fn on_session(st: &mut MemberState, ev: SessionEvent) {
+    match ev {
+        SessionEvent::Opened {
+            session,
+            peer_addr,
+            outgoing,
+        } => {
+            st.sessions.insert(
+                session,
+                SessionInfo {
+                    peer_addr,
+                    outgoing,
+                    authenticated: false,
+                    connection_string: None,
+                    peer_name: None,
+                },
+            );
+        }
+        SessionEvent::Authenticated { session } => {
+            if let Some(s) = st.sessions.get_mut(&session) {
+                s.authenticated = true;
+            }
+        }
+        SessionEvent::Ready { session, peer } => {
+            let Some(s) = st.sessions.get_mut(&session) else {
+                return;
+            };
+            s.authenticated = true;
+            if let Some((name, conn)) = peer {
+                tracing::info!(peer = %name, addr = %conn, "cluster peer connected");
+                s.peer_name = Some(name);
+                s.connection_string = Some(conn.clone());
+                if conn != st.hello.listen {
+                    let t = st.targets.entry(conn).or_insert_with(Target::new);
+                    t.up = true;
+                    t.connecting = false;
+                    t.backoff = BACKOFF_MIN;
+                    t.refusals = 0;
+                }
+            }
+            if s.outgoing {
+                let addr = s.peer_addr.clone();
+                if let Some(t) = st.targets.get_mut(&addr) {
+                    t.up = true;
+                    t.connecting = false;
+                    t.backoff = BACKOFF_MIN;
+                }
+            }
+        }
+        SessionEvent::Closed { session } => {
+            let Some(s) = st.sessions.remove(&session) else {
+                return;
+            };
+            if !s.authenticated {
+                tracing::warn!(
+                    peer = %s.peer_addr,
+                    "cluster connection refused before authentication (wrong --cluster-cookie, \
+                     or not a pdserve node)"
+                );
+            } else {
+                tracing::warn!(peer = ?s.peer_name, addr = ?s.connection_string, "cluster peer disconnected");
+            }
+            if let Some(name) = &s.peer_name {
+                st.peers.remove(&NodeName(name.clone()));
+            }
+            // Another session to the same address may still be up (duplicate
+            // connections are resolved by ractor_cluster); only retry when none is.
+            for addr in [
+                s.connection_string.clone(),
+                s.outgoing.then(|| s.peer_addr.clone()),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let still_up = st
+                    .sessions
+                    .values()
+                    .any(|o| o.authenticated && o.connection_string.as_deref() == Some(&addr));
+                if let Some(t) = st.targets.get_mut(&addr) {
+                    if !still_up {
+                        t.failed();
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn on_hello(st: &mut MemberState, h: Hello) {
+    if h.version != PROTOCOL_VERSION {
+        tracing::error!(
+            peer = %h.node,
+            "peer speaks cluster protocol version {} but this node speaks {}; disconnecting",
+            h.version,
+            PROTOCOL_VERSION
+        );
+        if let Ok(sessions) = ractor::call_t!(st.server, NodeServerMessage::GetSessions, 1000) {
+            for s in sessions.values() {
+                if s.peer_name.as_ref().map(|p| p.name.as_str()) == Some(h.node.0.as_str()) {
+                    s.actor.stop(Some("protocol version mismatch".into()));
+                }
+            }
+        }
+        return;
+    }
+    if h.listen != st.hello.listen {
+        st.targets.entry(h.listen.clone()).or_insert_with(|| {
+            let mut t = Target::new();
+            t.up = true;
+            t
+        });
+    }
+    st.peers.insert(h.node.clone(), h);
+}

@@ -1,0 +1,3 @@
+//! pdserve-gateway: the OpenAI-compatible HTTP front door.
+
+pub mod backend;
