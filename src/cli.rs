@@ -24,6 +24,12 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Measure engine throughput on synthetic requests (no HTTP).
     BenchEngine(BenchEngineArgs),
+    /// Serve the OpenAI API with every role in this process (the embedded default).
+    Serve(crate::cli_serving::ServeArgs),
+    /// Run a decode or prefill worker node that joins a cluster through --seed.
+    Worker(crate::cli_serving::WorkerArgs),
+    /// Run the HTTP frontend (gateway + router) of a cluster.
+    Frontend(crate::cli_serving::FrontendArgs),
 }
 
 /// Which model and how to load it.

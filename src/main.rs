@@ -7,7 +7,9 @@
 
 mod bench_engine;
 mod cli;
+mod cli_serving;
 mod generate;
+mod serving;
 
 use std::process::ExitCode;
 
@@ -17,11 +19,18 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let server = matches!(
+        cli.command,
+        Command::Serve(_) | Command::Worker(_) | Command::Frontend(_)
+    );
+    init_logging(server);
     install_panic_hook();
     let result = match &cli.command {
         Command::Generate(args) => generate::run(args),
         Command::BenchEngine(args) => bench_engine::run(args),
+        Command::Serve(args) => serving::run_serve(args),
+        Command::Worker(args) => serving::run_worker(args),
+        Command::Frontend(args) => serving::run_frontend(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -32,9 +41,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(server: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // Servers log their own lifecycle at info; everything else only warns.
+    let default = if server {
+        "warn,pdserve=info,pdserve_actors=info,pdserve_cluster=info,pdserve_gateway=info"
+    } else {
+        "warn"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -61,6 +61,11 @@ pub struct WorkerLoad {
     pub prefill_queue_depth: u32,
     /// Stopping: finishes what it holds, takes nothing new.
     pub draining: bool,
+    /// Decode: remote prefills completed (KV received) since start.
+    pub remote_prefills: u64,
+    /// Decode: remote prefills abandoned for local prefill (worker lost, failure,
+    /// deadline) since start.
+    pub prefill_fallbacks: u64,
     /// Hashes of full KV blocks in the worker's prefix cache (most recent first,
     /// capped), for kv-aware routing.
     pub cached_blocks: Vec<u128>,

@@ -81,6 +81,8 @@ fn load() -> WorkerLoad {
         waiting: 1,
         prefill_queue_depth: 2,
         draining: false,
+        remote_prefills: 5,
+        prefill_fallbacks: 1,
         cached_blocks: vec![u128::MAX, 1, 0],
         seq: 42,
     }

@@ -1,0 +1,459 @@
+//! The engine actor: the only owner of one [`Engine`] (and so of its device and KV
+//! pool). Its step loop runs on a dedicated OS thread; its mailbox is a channel
+//! drained between steps. Other actors hold an [`EngineHandle`] and never block on
+//! the engine: commands are fire-and-forget, results come back as [`EngineEvent`]s
+//! through the callback given at spawn (the owning worker casts them to itself), and
+//! the few queries that need an answer (KV reads/writes for transports) return a
+//! oneshot that only transport tasks await.
+//!
+//! Invariants:
+//! - every command is applied between two steps, in arrival order;
+//! - a KV write is accepted only into blocks the named import sequence owns at that
+//!   moment, so a late transfer can never land in reused blocks;
+//! - the thread ends when every handle is dropped or on `Stop`; outstanding
+//!   sequences are aborted (their blocks freed) first.
+
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pdserve_cluster::protocol::{KvLayoutDesc, PrefillLocation};
+use pdserve_cluster::transport::{BoxFuture, KvBlockStore, TransportError};
+use pdserve_engine::engine::{Engine, EngineRequest, EngineStats, ImportReservation, SeqOutput};
+use pdserve_engine::sampling::SampledToken;
+use pdserve_engine::{BlockId, SeqId};
+use tokio::sync::oneshot;
+
+use crate::policy::disagg::{decide_prefill, PrefillDecisionInput};
+
+/// Inputs of the local/remote prefill decision that the worker knows (the engine
+/// adds its own prefix-cache hit).
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteOption {
+    pub max_local_prefill_length: usize,
+    pub prefill_queue_len: usize,
+    pub max_prefill_queue_size: usize,
+    pub live_prefill_workers: usize,
+}
+
+pub enum EngineCmd {
+    /// Admit a request: decide local vs remote prefill (when `remote` is given) and
+    /// either queue it for local prefill or reserve import blocks for it.
+    Admit {
+        req: EngineRequest,
+        remote: Option<RemoteOption>,
+    },
+    /// Prefill only (prefill worker): compute the prompt and first token, keep the KV.
+    PrefillOnly {
+        req: EngineRequest,
+    },
+    CommitImport {
+        seq: SeqId,
+        first: SampledToken,
+    },
+    WriteImport {
+        seq: SeqId,
+        blocks: Vec<BlockId>,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), TransportError>>,
+    },
+    /// Reads `count` blocks of `seq` starting at its block `skip`.
+    ReadSeqBlocks {
+        seq: SeqId,
+        skip: usize,
+        count: usize,
+        reply: oneshot::Sender<Result<Vec<u8>, TransportError>>,
+    },
+    ReadBlocks {
+        blocks: Vec<BlockId>,
+        reply: oneshot::Sender<Result<Vec<u8>, TransportError>>,
+    },
+    /// Abort a sequence (running, waiting, parked or reserved import): frees its blocks.
+    Abort {
+        seq: SeqId,
+    },
+    Stop,
+}
+
+pub enum EngineEvent {
+    /// A request was admitted.
+    Admitted {
+        seq: SeqId,
+        location: PrefillLocation,
+        /// Set for `Remote`: destination blocks of the import.
+        reservation: Option<ImportReservation>,
+        prompt_tokens: usize,
+        cached_tokens: usize,
+    },
+    Rejected {
+        seq: SeqId,
+        error: pdserve_engine::EngineError,
+    },
+    Outputs(Vec<SeqOutput>),
+    /// The engine failed a step; these sequences are gone.
+    Failed {
+        seqs: Vec<SeqId>,
+        error: String,
+    },
+}
+
+/// Figures published by the engine thread after every step and command.
+#[derive(Clone, Debug, Default)]
+pub struct EngineSnapshot {
+    pub stats: EngineStats,
+    /// Prefix-cache block hashes (refreshed at most every 200 ms).
+    pub cached_blocks: Vec<u128>,
+}
+
+/// Fixed facts about an engine, known at spawn.
+#[derive(Clone, Debug)]
+pub struct EngineInfo {
+    pub model_name: String,
+    pub max_model_len: usize,
+    pub block_size: usize,
+    pub layout: KvLayoutDesc,
+}
+
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: Sender<EngineCmd>,
+    pub info: EngineInfo,
+    snapshot: Arc<Mutex<EngineSnapshot>>,
+}
+
+impl EngineHandle {
+    /// Sends a command; false when the engine thread is gone.
+    pub fn send(&self, cmd: EngineCmd) -> bool {
+        self.tx.send(cmd).is_ok()
+    }
+    pub fn snapshot(&self) -> EngineSnapshot {
+        self.snapshot.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+    /// Reads `count` blocks of `seq` starting at its block `skip`.
+    pub fn read_seq_blocks(
+        &self,
+        seq: SeqId,
+        skip: usize,
+        count: usize,
+    ) -> BoxFuture<Result<Vec<u8>, TransportError>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.send(EngineCmd::ReadSeqBlocks {
+            seq,
+            skip,
+            count,
+            reply,
+        });
+        Box::pin(async move {
+            if !sent {
+                return Err(TransportError::EngineGone);
+            }
+            rx.await.unwrap_or(Err(TransportError::EngineGone))
+        })
+    }
+}
+
+impl KvBlockStore for EngineHandle {
+    fn layout(&self) -> KvLayoutDesc {
+        self.info.layout
+    }
+    fn read_blocks(&self, blocks: Vec<BlockId>) -> BoxFuture<Result<Vec<u8>, TransportError>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.send(EngineCmd::ReadBlocks { blocks, reply });
+        Box::pin(async move {
+            if !sent {
+                return Err(TransportError::EngineGone);
+            }
+            rx.await.unwrap_or(Err(TransportError::EngineGone))
+        })
+    }
+    fn write_import(
+        &self,
+        seq: SeqId,
+        blocks: Vec<BlockId>,
+        data: Vec<u8>,
+    ) -> BoxFuture<Result<(), TransportError>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.send(EngineCmd::WriteImport {
+            seq,
+            blocks,
+            data,
+            reply,
+        });
+        Box::pin(async move {
+            if !sent {
+                return Err(TransportError::EngineGone);
+            }
+            rx.await.unwrap_or(Err(TransportError::EngineGone))
+        })
+    }
+}
+
+pub type EventSink = Box<dyn Fn(EngineEvent) + Send + 'static>;
+
+/// Starts the engine thread.
+pub fn spawn_engine(
+    engine: Engine,
+    name: &str,
+    on_event: EventSink,
+) -> std::io::Result<EngineHandle> {
+    let layout = engine.kv_layout();
+    let info = EngineInfo {
+        model_name: engine.model_name().to_string(),
+        max_model_len: engine.max_model_len(),
+        block_size: layout.block_size,
+        layout: layout.into(),
+    };
+    let snapshot = Arc::new(Mutex::new(EngineSnapshot {
+        stats: engine.stats(),
+        cached_blocks: Vec::new(),
+    }));
+    let (tx, rx) = channel();
+    let snap = snapshot.clone();
+    std::thread::Builder::new()
+        .name(format!("engine-{name}"))
+        .spawn(move || run(engine, rx, on_event, snap))?;
+    Ok(EngineHandle { tx, info, snapshot })
+}
+
+struct Loop {
+    engine: Engine,
+    on_event: EventSink,
+    snapshot: Arc<Mutex<EngineSnapshot>>,
+    live: std::collections::HashSet<SeqId>,
+    hashes_at: Instant,
+}
+
+fn run(
+    engine: Engine,
+    rx: Receiver<EngineCmd>,
+    on_event: EventSink,
+    snapshot: Arc<Mutex<EngineSnapshot>>,
+) {
+    let mut l = Loop {
+        engine,
+        on_event,
+        snapshot,
+        live: Default::default(),
+        hashes_at: Instant::now() - Duration::from_secs(1),
+    };
+    'outer: loop {
+        // Block only when idle; otherwise take what is there and step.
+        if !l.engine.has_work() {
+            match rx.recv() {
+                Ok(cmd) => {
+                    if !l.apply(cmd) {
+                        break 'outer;
+                    }
+                }
+                Err(_) => break 'outer,
+            }
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(cmd) => {
+                    if !l.apply(cmd) {
+                        break 'outer;
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => break 'outer,
+            }
+        }
+        if l.engine.has_work() {
+            match l.engine.step() {
+                Ok(outs) => {
+                    for o in &outs {
+                        if o.finish.is_some() {
+                            l.live.remove(&o.id);
+                        }
+                    }
+                    if !outs.is_empty() {
+                        (l.on_event)(EngineEvent::Outputs(outs));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("engine step failed: {e}");
+                    let seqs: Vec<SeqId> = l.live.drain().collect();
+                    for s in &seqs {
+                        l.engine.abort(*s);
+                    }
+                    (l.on_event)(EngineEvent::Failed {
+                        seqs,
+                        error: e.to_string(),
+                    });
+                }
+            }
+        }
+        l.publish();
+    }
+    for s in l.live.drain() {
+        l.engine.abort(s);
+    }
+}
+
+impl Loop {
+    fn publish(&mut self) {
+        let stats = self.engine.stats();
+        let hashes = if self.hashes_at.elapsed() >= Duration::from_millis(200) {
+            self.hashes_at = Instant::now();
+            let mut h: Vec<u128> = self
+                .engine
+                .cached_block_hashes()
+                .iter()
+                .map(|b| b.0)
+                .collect();
+            h.truncate(1024);
+            Some(h)
+        } else {
+            None
+        };
+        if let Ok(mut s) = self.snapshot.lock() {
+            s.stats = stats;
+            if let Some(h) = hashes {
+                s.cached_blocks = h;
+            }
+        }
+    }
+
+    /// Applies one command; false on `Stop`.
+    fn apply(&mut self, cmd: EngineCmd) -> bool {
+        match cmd {
+            EngineCmd::Admit { req, remote } => self.admit(req, remote),
+            EngineCmd::PrefillOnly { req } => {
+                let seq = req.id;
+                match self.engine.add_prefill_only(req) {
+                    Ok(()) => {
+                        self.live.insert(seq);
+                    }
+                    Err(error) => (self.on_event)(EngineEvent::Rejected { seq, error }),
+                }
+            }
+            EngineCmd::CommitImport { seq, first } => match self.engine.commit_import(seq, first) {
+                Ok(out) => {
+                    if out.finish.is_some() {
+                        self.live.remove(&seq);
+                    }
+                    (self.on_event)(EngineEvent::Outputs(vec![out]));
+                }
+                Err(error) => {
+                    self.live.remove(&seq);
+                    self.engine.abort(seq);
+                    (self.on_event)(EngineEvent::Rejected { seq, error });
+                }
+            },
+            EngineCmd::WriteImport {
+                seq,
+                blocks,
+                data,
+                reply,
+            } => {
+                let _ = reply.send(self.write_import(seq, &blocks, &data));
+            }
+            EngineCmd::ReadSeqBlocks {
+                seq,
+                skip,
+                count,
+                reply,
+            } => {
+                let r = match self.engine.kv_blocks(seq) {
+                    Some(b) if skip + count <= b.len() => self.read(&b[skip..skip + count]),
+                    Some(b) => Err(TransportError::Refused(format!(
+                        "{seq} has {} KV blocks, asked for {count} after {skip}",
+                        b.len()
+                    ))),
+                    None => Err(TransportError::Refused(format!("{seq} has no KV blocks"))),
+                };
+                let _ = reply.send(r);
+            }
+            EngineCmd::ReadBlocks { blocks, reply } => {
+                let _ = reply.send(self.read(&blocks));
+            }
+            EngineCmd::Abort { seq } => {
+                self.live.remove(&seq);
+                self.engine.abort(seq);
+            }
+            EngineCmd::Stop => return false,
+        }
+        true
+    }
+
+    fn admit(&mut self, req: EngineRequest, remote: Option<RemoteOption>) {
+        let seq = req.id;
+        let prompt_tokens = req.prompt_tokens.len();
+        let cached_tokens = self.engine.cached_prefix_len(&req.prompt_tokens);
+        let location = match remote {
+            Some(r) => decide_prefill(&PrefillDecisionInput {
+                prompt_tokens,
+                locally_cached_tokens: cached_tokens,
+                max_local_prefill_length: r.max_local_prefill_length,
+                prefill_queue_len: r.prefill_queue_len,
+                max_prefill_queue_size: r.max_prefill_queue_size,
+                live_prefill_workers: r.live_prefill_workers,
+            }),
+            None => PrefillLocation::Local,
+        };
+        let result = match location {
+            PrefillLocation::Local => self.engine.add_request(req).map(|()| None),
+            PrefillLocation::Remote => self.engine.reserve_import(req).map(Some),
+        };
+        match result {
+            Ok(reservation) => {
+                self.live.insert(seq);
+                let cached_tokens = reservation
+                    .as_ref()
+                    .map_or(cached_tokens, |r| r.cached_tokens);
+                (self.on_event)(EngineEvent::Admitted {
+                    seq,
+                    location,
+                    reservation,
+                    prompt_tokens,
+                    cached_tokens,
+                });
+            }
+            Err(error) => (self.on_event)(EngineEvent::Rejected { seq, error }),
+        }
+    }
+
+    fn read(&self, blocks: &[BlockId]) -> Result<Vec<u8>, TransportError> {
+        let bb = self.engine.kv_layout().block_bytes();
+        let mut out = vec![0u8; bb * blocks.len()];
+        for (b, chunk) in blocks.iter().zip(out.chunks_mut(bb)) {
+            self.engine
+                .read_kv_block(*b, chunk)
+                .map_err(|e| TransportError::Engine(e.to_string()))?;
+        }
+        Ok(out)
+    }
+
+    fn write_import(
+        &mut self,
+        seq: SeqId,
+        blocks: &[BlockId],
+        data: &[u8],
+    ) -> Result<(), TransportError> {
+        let owned = self
+            .engine
+            .kv_blocks(seq)
+            .ok_or_else(|| TransportError::Refused(format!("{seq} is not a reserved import")))?;
+        if let Some(b) = blocks.iter().find(|b| !owned.contains(b)) {
+            return Err(TransportError::Refused(format!(
+                "block {} is not owned by {seq}",
+                b.0
+            )));
+        }
+        let bb = self.engine.kv_layout().block_bytes();
+        if data.len() != bb * blocks.len() {
+            return Err(TransportError::Refused(format!(
+                "{} bytes for {} blocks of {bb} bytes",
+                data.len(),
+                blocks.len()
+            )));
+        }
+        for (b, chunk) in blocks.iter().zip(data.chunks(bb)) {
+            self.engine
+                .write_kv_block(*b, chunk)
+                .map_err(|e| TransportError::Engine(e.to_string()))?;
+        }
+        Ok(())
+    }
+}

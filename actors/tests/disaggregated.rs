@@ -1,0 +1,413 @@
+//! The actor system in one process over a tiny model: requests routed to a decode
+//! worker, prompts prefilled remotely (in-process copy and the TCP data plane) or
+//! locally — greedy output token-identical to the engine alone — and the decode
+//! worker's supervision: a prefill worker that dies or stalls is replaced by local
+//! prefill, invisibly to the client, with no KV block left behind.
+//!
+//! Process groups are process-wide, so every test uses its own model name.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use pdserve_actors::decode_worker::{DecodeArgs, DecodeConfig, DecodeMsg, DecodeWorker, KvIngress};
+use pdserve_actors::policy::routing::RoutingPolicy;
+use pdserve_actors::prefill_queue::QueueMsg;
+use pdserve_actors::prefill_worker::{PrefillArgs, PrefillConfig, PrefillMsg, PrefillWorker};
+use pdserve_actors::router::{Router, RouterArgs, RouterMsg, RouterView};
+use pdserve_cluster::protocol::{GenerateRequest, PrefillLocation, QueueWire, StreamEvent};
+use pdserve_cluster::{groups, NodeName, RequestId, Role, WorkerId};
+use pdserve_engine::engine::{Engine, EngineConfig, EngineRequest, FinishReason};
+use pdserve_engine::fixtures::{write_gguf, TinyModelSpec};
+use pdserve_engine::loader::{load_model, LoadOptions};
+use pdserve_engine::quant::DType;
+use pdserve_engine::sampling::SamplingParams;
+use pdserve_engine::SeqId;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+struct Tiny {
+    _dir: tempfile::TempDir,
+    path: String,
+}
+
+fn tiny() -> Tiny {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tiny.gguf");
+    write_gguf(&TinyModelSpec::tiny_llama(), &p, DType::Q8_0).unwrap();
+    Tiny {
+        path: p.to_str().unwrap().to_string(),
+        _dir: dir,
+    }
+}
+
+fn engine(t: &Tiny) -> Engine {
+    let opts = LoadOptions {
+        progress: false,
+        prefault: false,
+        allow_download: false,
+        hub_env: None,
+    };
+    let cfg = EngineConfig {
+        block_size: 4,
+        kv_cache_bytes: 4 << 20,
+        max_num_seqs: 16,
+        max_batched_tokens: 64,
+        ..EngineConfig::default()
+    };
+    Engine::new(load_model(&t.path, &opts).unwrap(), cfg).unwrap()
+}
+
+fn prompt(seed: u64, len: usize) -> Vec<u32> {
+    let vocab = TinyModelSpec::tiny_llama().vocab as u64;
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % (vocab - 8)) as u32
+        })
+        .collect()
+}
+
+fn greedy(max_tokens: usize) -> SamplingParams {
+    SamplingParams {
+        max_tokens,
+        ignore_eos: true,
+        ..SamplingParams::default()
+    }
+}
+
+/// The engine alone: the reference output.
+fn alone(t: &Tiny, p: &[u32], n: usize) -> Vec<u32> {
+    let mut e = engine(t);
+    e.add_request(EngineRequest {
+        id: SeqId(1),
+        prompt_tokens: p.to_vec(),
+        params: greedy(n),
+    })
+    .unwrap();
+    let mut out = Vec::new();
+    while e.has_work() {
+        for o in e.step().unwrap() {
+            out.push(o.token.token);
+        }
+    }
+    out
+}
+
+struct Cluster {
+    node: NodeName,
+    model: String,
+    router: ActorRef<RouterMsg>,
+    view: Arc<RwLock<RouterView>>,
+    decode: ActorRef<DecodeMsg>,
+}
+
+async fn start(t: &Tiny, model: &str, ingress: KvIngress, timeout: Duration) -> Cluster {
+    let node = NodeName(format!("test-{model}"));
+    let view = Arc::new(RwLock::new(RouterView::default()));
+    let (router, _) = Actor::spawn(
+        None,
+        Router,
+        RouterArgs {
+            node: node.clone(),
+            policy: RoutingPolicy::RoundRobin,
+            view: view.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    let cfg = DecodeConfig {
+        worker: WorkerId::new(&node, Role::Decode, 0),
+        model: model.into(),
+        model_spec: t.path.clone(),
+        max_local_prefill_length: 8,
+        max_prefill_queue_size: 16,
+        remote_prefill_timeout: timeout,
+        ingress,
+        load_interval: Duration::from_millis(100),
+    };
+    let (decode, _) = Actor::spawn(
+        None,
+        DecodeWorker,
+        DecodeArgs {
+            config: cfg,
+            engine: engine(t),
+        },
+    )
+    .await
+    .unwrap();
+    let c = Cluster {
+        node,
+        model: model.into(),
+        router,
+        view,
+        decode,
+    };
+    wait_for("decode worker known to the router", || {
+        c.view.read().unwrap().serving(model).len() == 1
+    })
+    .await;
+    c
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn spawn_prefill(t: &Tiny, c: &Cluster, index: usize) -> ActorRef<PrefillMsg> {
+    let cfg = PrefillConfig {
+        worker: WorkerId::new(&c.node, Role::Prefill, index),
+        model: c.model.clone(),
+        model_spec: t.path.clone(),
+        max_concurrent: 2,
+        transfer_timeout: Duration::from_secs(5),
+    };
+    let (p, _) = Actor::spawn(
+        None,
+        PrefillWorker,
+        PrefillArgs {
+            config: cfg,
+            engine: engine(t),
+        },
+    )
+    .await
+    .unwrap();
+    p
+}
+
+struct Outcome {
+    location: PrefillLocation,
+    tokens: Vec<u32>,
+    finish: FinishReason,
+}
+
+async fn generate(c: &Cluster, p: &[u32], n: usize) -> Outcome {
+    let id = RequestId::random();
+    let (sink, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    c.router
+        .cast(RouterMsg::Submit {
+            request: GenerateRequest {
+                id,
+                model: c.model.clone(),
+                prompt_tokens: p.to_vec(),
+                params: greedy(n),
+                reply_to: groups::router_inbox(&c.node),
+                deadline_unix_ms: 0,
+            },
+            sink,
+        })
+        .unwrap();
+    let mut location = None;
+    let mut tokens = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("a stream event within 20 s")
+            .expect("stream ended without a terminal event");
+        match ev {
+            StreamEvent::Started { prefill, .. } => location = Some(prefill),
+            StreamEvent::Tokens {
+                tokens: t, finish, ..
+            } => {
+                tokens.extend(t.iter().map(|s| s.token));
+                if let Some(f) = finish {
+                    return Outcome {
+                        location: location.expect("Started before tokens"),
+                        tokens,
+                        finish: f,
+                    };
+                }
+            }
+            StreamEvent::Error { message, .. } => panic!("request failed: {message}"),
+        }
+    }
+}
+
+/// (remote prefills done, fallbacks) of the decode worker, as last reported.
+async fn prefill_counts(c: &Cluster, want: (u64, u64)) {
+    wait_for("decode worker's prefill counters", || {
+        let v = c.view.read().unwrap();
+        v.workers
+            .values()
+            .filter(|(l, _)| l.model == c.model && l.role == Role::Decode)
+            .any(|(l, _)| (l.remote_prefills, l.prefill_fallbacks) == want)
+    })
+    .await;
+}
+
+/// Every KV block of every worker of `c.model` is free again.
+async fn assert_no_leak(c: &Cluster) {
+    wait_for("all KV blocks free on every worker", || {
+        let v = c.view.read().unwrap();
+        let loads: Vec<_> = v
+            .workers
+            .values()
+            .filter(|(l, _)| l.model == c.model)
+            .collect();
+        !loads.is_empty()
+            && loads
+                .iter()
+                .all(|(l, _)| l.free_blocks == l.total_blocks && l.running == 0 && l.waiting == 0)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_prefill_in_process_is_token_identical() {
+    let t = tiny();
+    let c = start(&t, "inproc", KvIngress::InProcess, Duration::from_secs(20)).await;
+    let _p = spawn_prefill(&t, &c, 0).await;
+    wait_for("prefill worker up", || {
+        !ractor::pg::get_members(&groups::prefill_workers("inproc")).is_empty()
+    })
+    .await;
+    for (seed, len) in [(1, 37), (2, 64), (3, 5)] {
+        let p = prompt(seed, len);
+        let got = generate(&c, &p, 12).await;
+        let want_location = if len > 8 {
+            PrefillLocation::Remote
+        } else {
+            PrefillLocation::Local
+        };
+        assert_eq!(got.location, want_location, "prompt of {len} tokens");
+        assert_eq!(got.tokens, alone(&t, &p, 12), "prompt of {len} tokens");
+        assert_eq!(got.finish, FinishReason::Length);
+    }
+    prefill_counts(&c, (2, 0)).await;
+    assert_no_leak(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_prefill_over_tcp_is_token_identical() {
+    let t = tiny();
+    let ingress = KvIngress::Tcp {
+        listen: "127.0.0.1:0".into(),
+        advertise_host: "127.0.0.1".into(),
+    };
+    let c = start(&t, "tcp", ingress, Duration::from_secs(20)).await;
+    let _p = spawn_prefill(&t, &c, 0).await;
+    wait_for("prefill worker up", || {
+        !ractor::pg::get_members(&groups::prefill_workers("tcp")).is_empty()
+    })
+    .await;
+    let p = prompt(7, 45);
+    let got = generate(&c, &p, 10).await;
+    assert_eq!(got.location, PrefillLocation::Remote);
+    assert_eq!(got.tokens, alone(&t, &p, 10));
+    prefill_counts(&c, (1, 0)).await;
+    assert_no_leak(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_prefill_workers_everything_is_local() {
+    let t = tiny();
+    let c = start(&t, "nolocal", KvIngress::InProcess, Duration::from_secs(20)).await;
+    let p = prompt(9, 50);
+    let got = generate(&c, &p, 8).await;
+    assert_eq!(got.location, PrefillLocation::Local);
+    assert_eq!(got.tokens, alone(&t, &p, 8));
+    assert_no_leak(&c).await;
+}
+
+/// A "prefill worker" that takes work and never answers.
+struct Silent;
+
+struct SilentArgs {
+    worker: WorkerId,
+    model: String,
+}
+
+impl Actor for Silent {
+    type Msg = PrefillMsg;
+    type State = ();
+    type Arguments = SilentArgs;
+    async fn pre_start(
+        &self,
+        me: ActorRef<PrefillMsg>,
+        a: SilentArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        ractor::pg::join(groups::prefill_workers(&a.model), vec![me.get_cell()]);
+        ractor::pg::join(groups::worker_inbox(&a.worker), vec![me.get_cell()]);
+        for q in ractor::pg::get_members(&groups::prefill_queues(&a.model)) {
+            let q: ActorRef<QueueMsg> = q.into();
+            q.cast(QueueMsg::Wire(QueueWire::Capacity {
+                worker: a.worker.clone(),
+                free_slots: 8,
+            }))?;
+        }
+        Ok(())
+    }
+    async fn handle(
+        &self,
+        _: ActorRef<PrefillMsg>,
+        _: PrefillMsg,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+}
+
+async fn spawn_silent(c: &Cluster) -> ActorRef<PrefillMsg> {
+    let (a, _) = Actor::spawn(
+        None,
+        Silent,
+        SilentArgs {
+            worker: WorkerId::new(&c.node, Role::Prefill, 9),
+            model: c.model.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefill_worker_death_falls_back_to_local_prefill() {
+    let t = tiny();
+    let c = start(&t, "death", KvIngress::InProcess, Duration::from_secs(60)).await;
+    let silent = spawn_silent(&c).await;
+    let p = prompt(11, 40);
+    let killer = {
+        let silent = silent.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            silent.kill();
+        })
+    };
+    let started = Instant::now();
+    let got = generate(&c, &p, 10).await;
+    killer.await.unwrap();
+    assert_eq!(got.location, PrefillLocation::Remote, "went remote first");
+    assert_eq!(got.tokens, alone(&t, &p, 10), "local fallback output");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "fallback came from the death, not the 60 s deadline"
+    );
+    prefill_counts(&c, (0, 1)).await;
+    assert_no_leak(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_prefill_times_out_to_local_prefill() {
+    let t = tiny();
+    let c = start(
+        &t,
+        "stall",
+        KvIngress::InProcess,
+        Duration::from_millis(400),
+    )
+    .await;
+    let _silent = spawn_silent(&c).await;
+    let p = prompt(13, 40);
+    let got = generate(&c, &p, 10).await;
+    assert_eq!(got.location, PrefillLocation::Remote);
+    assert_eq!(got.tokens, alone(&t, &p, 10));
+    prefill_counts(&c, (0, 1)).await;
+    assert_no_leak(&c).await;
+    c.decode.stop(None);
+}
