@@ -570,7 +570,7 @@ impl DecodeState {
             kv_written: false,
         });
         tracing::debug!(request = %id, attempt, blocks = blocks.len(), skip, "remote prefill enqueued");
-        let _ = self.queue.cast(QueueMsg::Enqueue(pr));
+        let _ = self.queue.cast(QueueMsg::Enqueue(Box::new(pr)));
     }
 
     fn try_commit(&mut self, id: RequestId) {

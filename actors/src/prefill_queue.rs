@@ -22,7 +22,7 @@ use crate::prefill_worker::PrefillMsg;
 
 pub enum QueueMsg {
     Wire(QueueWire),
-    Enqueue(PrefillRequest),
+    Enqueue(Box<PrefillRequest>),
     Cancel { id: RequestId },
 }
 pdserve_cluster::impl_wire_message!(QueueMsg, QueueWire);
@@ -72,7 +72,7 @@ impl Actor for PrefillQueue {
             QueueMsg::Wire(QueueWire::Capacity { worker, free_slots }) => {
                 st.credits.insert(worker, free_slots);
             }
-            QueueMsg::Enqueue(r) => st.pending.push_back(r),
+            QueueMsg::Enqueue(r) => st.pending.push_back(*r),
             QueueMsg::Cancel { id } => st.pending.retain(|r| r.id != id),
         }
         st.dispatch();
@@ -111,7 +111,7 @@ impl QueueState {
             let (id, attempt) = (req.id, req.attempt);
             let actor: ActorRef<PrefillMsg> = cell.into();
             if actor
-                .cast(PrefillMsg::Wire(PrefillWire::Assign(req.clone())))
+                .cast(PrefillMsg::Wire(PrefillWire::Assign(Box::new(req.clone()))))
                 .is_err()
             {
                 self.credits.remove(&worker);

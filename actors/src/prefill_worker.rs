@@ -137,7 +137,7 @@ impl Actor for PrefillWorker {
         st: &mut PrefillState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            PrefillMsg::Wire(PrefillWire::Assign(req)) => st.assign(req),
+            PrefillMsg::Wire(PrefillWire::Assign(req)) => st.assign(*req),
             PrefillMsg::Wire(PrefillWire::Cancel { id, attempt }) => {
                 st.backlog.retain(|r| !(r.id == id && r.attempt == attempt));
                 if st.jobs.get(&id).is_some_and(|j| j.req.attempt == attempt) {

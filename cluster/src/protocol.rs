@@ -261,7 +261,7 @@ pub enum QueueWire {
 /// Messages a prefill worker accepts from other nodes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum PrefillWire {
-    Assign(PrefillRequest),
+    Assign(Box<PrefillRequest>),
     Cancel { id: RequestId, attempt: u32 },
 }
 

@@ -36,6 +36,8 @@ fn load(id: &str, l: &Load) -> WorkerLoad {
         waiting: l.waiting,
         prefill_queue_depth: 0,
         draining: l.draining,
+        remote_prefills: 0,
+        prefill_fallbacks: 0,
         cached_blocks: l.cached.clone(),
         seq: 1,
     }

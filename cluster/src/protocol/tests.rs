@@ -115,20 +115,26 @@ fn decode_wire_round_trips() {
 
 #[test]
 fn prefill_and_queue_wire_round_trip() {
-    round_trip(PrefillWire::Assign(prefill_request(KvTarget::InProcess {
-        decode_worker: worker("n1/decode/0"),
-    })));
-    round_trip(PrefillWire::Assign(prefill_request(KvTarget::Tcp {
-        addr: "127.0.0.1:7201".into(),
-        ticket: u64::MAX,
-    })));
-    round_trip(PrefillWire::Assign(prefill_request(KvTarget::Nixl {
-        agent: "decode-n1".into(),
-        agent_metadata: vec![0, 1, 2, 255],
-        block_addrs: vec![0x7f00_0000_0000, 0x7f00_0001_0000],
-        device_id: 0,
-        ticket: 3,
-    })));
+    round_trip(PrefillWire::Assign(Box::new(prefill_request(
+        KvTarget::InProcess {
+            decode_worker: worker("n1/decode/0"),
+        },
+    ))));
+    round_trip(PrefillWire::Assign(Box::new(prefill_request(
+        KvTarget::Tcp {
+            addr: "127.0.0.1:7201".into(),
+            ticket: u64::MAX,
+        },
+    ))));
+    round_trip(PrefillWire::Assign(Box::new(prefill_request(
+        KvTarget::Nixl {
+            agent: "decode-n1".into(),
+            agent_metadata: vec![0, 1, 2, 255],
+            block_addrs: vec![0x7f00_0000_0000, 0x7f00_0001_0000],
+            device_id: 0,
+            ticket: 3,
+        },
+    ))));
     round_trip(PrefillWire::Cancel {
         id: RequestId(5),
         attempt: 0,
