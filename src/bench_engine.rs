@@ -213,7 +213,7 @@ fn sized_engine_config(
 }
 
 /// Token ids a prompt may use: below the model's vocab size and not special.
-fn token_pool(tok: &Tokenizer, config: &ModelConfig) -> Vec<u32> {
+pub(crate) fn token_pool(tok: &Tokenizer, config: &ModelConfig) -> Vec<u32> {
     let mut special: HashSet<u32> = tok
         .inner()
         .get_added_tokens_decoder()
@@ -229,17 +229,17 @@ fn token_pool(tok: &Tokenizer, config: &ModelConfig) -> Vec<u32> {
     (0..n).filter(|id| !special.contains(id)).collect()
 }
 
-fn random_prompt(rng: &mut SplitMix64, pool: &[u32], len: usize) -> Vec<u32> {
+pub(crate) fn random_prompt(rng: &mut SplitMix64, pool: &[u32], len: usize) -> Vec<u32> {
     (0..len)
         .map(|_| pool[(rng.next() % pool.len() as u64) as usize])
         .collect()
 }
 
 /// Small deterministic generator (SplitMix64) for reproducible prompts.
-struct SplitMix64(u64);
+pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

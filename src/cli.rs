@@ -24,6 +24,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Measure engine throughput on synthetic requests (no HTTP).
     BenchEngine(BenchEngineArgs),
+    /// Measure what the actor path adds to TTFT and per-token latency.
+    BenchActors(crate::bench_actors::BenchActorsArgs),
     /// Serve the OpenAI API with every role in this process (the embedded default).
     Serve(crate::cli_serving::ServeArgs),
     /// Run a decode or prefill worker node that joins a cluster through --seed.

@@ -5,6 +5,7 @@
 //! to stderr and exits with status 1; panics (bugs) print one line too, without
 //! a backtrace.
 
+mod bench_actors;
 mod bench_engine;
 mod cli;
 mod cli_serving;
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Generate(args) => generate::run(args),
         Command::BenchEngine(args) => bench_engine::run(args),
+        Command::BenchActors(args) => bench_actors::run(args),
         Command::Serve(args) => serving::run_serve(args),
         Command::Worker(args) => serving::run_worker(args),
         Command::Frontend(args) => serving::run_frontend(args),
