@@ -128,9 +128,7 @@ impl ApiError {
 
     fn param(&self) -> Option<String> {
         match self {
-            ApiError::BadJson { param, .. } | ApiError::InvalidField { param, .. } => {
-                param.clone()
-            }
+            ApiError::BadJson { param, .. } | ApiError::InvalidField { param, .. } => param.clone(),
             ApiError::PromptTooLong { .. } => Some("messages".into()),
             ApiError::ModelNotFound { .. } => Some("model".into()),
             _ => None,

@@ -118,7 +118,11 @@ impl Generation {
                 // Distinct, reproducible seeds for the n samples of one prompt.
                 params.seed = params.seed.map(|seed| seed.wrapping_add(j as u64));
                 let req = GenerateRequest {
-                    id: if choice == 0 { s.id } else { RequestId::random() },
+                    id: if choice == 0 {
+                        s.id
+                    } else {
+                        RequestId::random()
+                    },
                     model: s.model.to_string(),
                     prompt_tokens: prompt.clone(),
                     params,
@@ -139,7 +143,9 @@ impl Generation {
                     }
                 }
             }
-            g.metrics.prompt_tokens.add(&[], (prompt.len() * s.n) as f64);
+            g.metrics
+                .prompt_tokens
+                .add(&[], (prompt.len() * s.n) as f64);
         }
         Ok(g)
     }

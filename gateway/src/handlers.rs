@@ -42,7 +42,11 @@ pub async fn completions(State(st): AppStateRef, body: Body) -> Result<Response,
     generation(st, Endpoint::Completions, body).await
 }
 
-async fn generation(st: Arc<AppState>, endpoint: Endpoint, body: Body) -> Result<Response, ApiError> {
+async fn generation(
+    st: Arc<AppState>,
+    endpoint: Endpoint,
+    body: Body,
+) -> Result<Response, ApiError> {
     let id = RequestId::random();
     let result = run_generation(&st, endpoint, body, id).await;
     if let Err(e) = &result {
@@ -202,7 +206,10 @@ pub async fn live() -> &'static str {
 pub async fn metrics(State(st): AppStateRef) -> Response {
     let text = st.metrics.render(&st.backend.workers(), st.inflight());
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response()

@@ -23,7 +23,11 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub async fn require_api_key(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub async fn require_api_key(
+    State(st): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
     if let Some(key) = &st.config.api_key {
         let presented = req
             .headers()

@@ -203,19 +203,27 @@ mod tests {
             "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
             {"role": "assistant", "content": null}], "stop": "x"}"#;
         let r = ChatCompletionRequest::parse(body).expect("parse");
-        assert!(matches!(r.chat.messages[0].content, Some(MessageContent::Parts(ref p)) if p.len() == 2));
+        assert!(
+            matches!(r.chat.messages[0].content, Some(MessageContent::Parts(ref p)) if p.len() == 2)
+        );
         assert_eq!(r.chat.messages[1].content, None);
         assert_eq!(r.sampling.stop, Some(Stop::One("x".into())));
         for (prompt, want) in [
             (r#""hi""#, Prompt::Text("hi".into())),
             (r#"["a","b"]"#, Prompt::Texts(vec!["a".into(), "b".into()])),
             (r#"[1,2]"#, Prompt::Tokens(vec![1, 2])),
-            (r#"[[1],[2,3]]"#, Prompt::TokenLists(vec![vec![1], vec![2, 3]])),
+            (
+                r#"[[1],[2,3]]"#,
+                Prompt::TokenLists(vec![vec![1], vec![2, 3]]),
+            ),
         ] {
             let body = format!(r#"{{"model":"m","prompt":{prompt},"stop":["a","b"]}}"#);
             let r = CompletionRequest::parse(body.as_bytes()).expect("parse");
             assert_eq!(r.completion.prompt, want);
-            assert_eq!(r.sampling.stop, Some(Stop::Many(vec!["a".into(), "b".into()])));
+            assert_eq!(
+                r.sampling.stop,
+                Some(Stop::Many(vec!["a".into(), "b".into()]))
+            );
         }
     }
 
@@ -242,12 +250,17 @@ mod tests {
     fn malformed_and_non_object_bodies_are_rejected() {
         for body in [&b"{"[..], b"[1]", b"", b"null", b"\"x\""] {
             assert!(
-                matches!(ChatCompletionRequest::parse(body), Err(ApiError::BadJson { .. })),
+                matches!(
+                    ChatCompletionRequest::parse(body),
+                    Err(ApiError::BadJson { .. })
+                ),
                 "{body:?}"
             );
         }
         match CompletionRequest::parse(br#"{"prompt": "x"}"#) {
-            Err(ApiError::BadJson { message, .. }) => assert!(message.contains("model"), "{message}"),
+            Err(ApiError::BadJson { message, .. }) => {
+                assert!(message.contains("model"), "{message}")
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -258,6 +271,8 @@ mod tests {
         let mut u = unknown_keys(body, &["model"]);
         u.sort();
         assert_eq!(u, vec!["foo".to_string(), "tools".to_string()]);
-        assert!(ChatCompletionRequest::parse(br#"{"model":"m","messages":[],"foo":{"x":1}}"#).is_ok());
+        assert!(
+            ChatCompletionRequest::parse(br#"{"model":"m","messages":[],"foo":{"x":1}}"#).is_ok()
+        );
     }
 }
