@@ -207,6 +207,8 @@ pub fn respond(gen: Generation, ctx: ResponseContext) -> Response {
         [
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
+            // Reverse proxies (nginx) must not buffer the stream.
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
         ],
         Body::from_stream(stream),
     )

@@ -14,16 +14,16 @@ use serde_json::Value;
 async fn chat_non_streaming_has_the_seed_shape() {
     let b = FakeBackend::words();
     let app = router(&b, GatewayConfig::default());
-    let (status, v) = send_json(
-        &app,
-        post(
-            "/v1/chat/completions",
-            chat_body(r#","max_tokens":3,"stream":false"#),
-        ),
-    )
-    .await;
+    let req = post(
+        "/v1/chat/completions",
+        chat_body(r#","max_tokens":3,"stream":false"#),
+    );
+    let (status, headers, body) = send(&app, req).await;
+    let v: Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(status, StatusCode::OK, "{v}");
-    assert!(v["id"].as_str().expect("id").starts_with("chatcmpl-"));
+    assert_eq!(headers["content-type"], "application/json");
+    let request_id = headers["x-request-id"].to_str().expect("x-request-id");
+    assert_eq!(v["id"], format!("chatcmpl-{request_id}"));
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["model"], MODEL);
     assert!(v["created"].as_u64().expect("created") > 1_700_000_000);

@@ -334,3 +334,26 @@ async fn deadline_ends_the_request_and_cancels_it() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn a_panicking_handler_is_a_500_and_the_app_keeps_serving() {
+    let b = FakeBackend::words();
+    let app = router(&b, GatewayConfig::default());
+    b.panic_in_models
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let e = error_of(&app, get("/v1/models"), StatusCode::INTERNAL_SERVER_ERROR).await;
+    assert!(!e["message"]
+        .as_str()
+        .expect("msg")
+        .contains("fake backend bug"));
+    b.panic_in_models
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let (status, _) = send_json(&app, get("/v1/models")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, _, m) = send(&app, get("/metrics")).await;
+    let m = String::from_utf8(m).expect("utf-8");
+    assert!(
+        m.contains(r#"pdserve_http_requests_total{endpoint="models",status="500"} 1"#),
+        "{m}"
+    );
+}

@@ -69,6 +69,8 @@ pub struct FakeBackend {
     pub submitted: Mutex<Vec<GenerateRequest>>,
     pub cancelled: Mutex<Vec<RequestId>>,
     pub prefill: Mutex<PrefillLocation>,
+    /// `models()` panics (a backend bug).
+    pub panic_in_models: std::sync::atomic::AtomicBool,
     /// Senders of hanging requests, kept until cancelled.
     hanging: Mutex<HashMap<RequestId, UnboundedSender<StreamEvent>>>,
 }
@@ -87,6 +89,7 @@ impl FakeBackend {
             submitted: Mutex::new(Vec::new()),
             cancelled: Mutex::new(Vec::new()),
             prefill: Mutex::new(PrefillLocation::Local),
+            panic_in_models: std::sync::atomic::AtomicBool::new(false),
             hanging: Mutex::new(HashMap::new()),
         })
     }
@@ -172,6 +175,12 @@ fn tokens(
 
 impl ServingBackend for FakeBackend {
     fn models(&self) -> Vec<ServedModel> {
+        if self
+            .panic_in_models
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            panic!("fake backend bug");
+        }
         self.models.lock().expect("lock").clone()
     }
 
