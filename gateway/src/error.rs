@@ -42,8 +42,12 @@ pub enum ApiError {
     MethodNotAllowed { method: String, path: String },
     #[error("request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The gateway's admission limit (`max_inflight`) is reached.
     #[error("too many requests in flight (limit {limit}); retry later")]
     TooManyRequests { limit: usize },
+    /// The serving system has no capacity now.
+    #[error("the server is at capacity; retry later")]
+    Overloaded,
     /// No worker can serve now (none registered, all lost, the server draining).
     #[error("{message}")]
     Unavailable { message: String },
@@ -94,7 +98,9 @@ impl ApiError {
             }
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests { .. } | ApiError::Overloaded => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -119,7 +125,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => {
                 ("invalid_request_error", Some("request_too_large"))
             }
-            ApiError::TooManyRequests { .. } => ("rate_limit_error", Some("rate_limit_exceeded")),
+            ApiError::TooManyRequests { .. } | ApiError::Overloaded => {
+                ("rate_limit_error", Some("rate_limit_exceeded"))
+            }
             ApiError::Unavailable { .. } => ("service_unavailable", Some("service_unavailable")),
             ApiError::Timeout => ("timeout_error", Some("timeout")),
             ApiError::Internal { .. } => ("server_error", None),
@@ -128,9 +136,7 @@ impl ApiError {
 
     fn param(&self) -> Option<String> {
         match self {
-            ApiError::BadJson { param, .. } | ApiError::InvalidField { param, .. } => {
-                param.clone()
-            }
+            ApiError::BadJson { param, .. } | ApiError::InvalidField { param, .. } => param.clone(),
             ApiError::PromptTooLong { .. } => Some("messages".into()),
             ApiError::ModelNotFound { .. } => Some("model".into()),
             _ => None,
@@ -168,7 +174,7 @@ impl ApiError {
                 param: None,
                 message,
             },
-            ErrorKind::Overloaded => ApiError::TooManyRequests { limit: 0 },
+            ErrorKind::Overloaded => ApiError::Overloaded,
             ErrorKind::WorkerLost => {
                 tracing::warn!("worker lost mid-request: {message}");
                 ApiError::Unavailable {
@@ -190,7 +196,7 @@ impl From<SubmitError> for ApiError {
             SubmitError::NoWorkers { model } => ApiError::Unavailable {
                 message: format!("no worker can serve model `{model}` now; retry later"),
             },
-            SubmitError::Overloaded => ApiError::TooManyRequests { limit: 0 },
+            SubmitError::Overloaded => ApiError::Overloaded,
         }
     }
 }
@@ -201,7 +207,7 @@ impl IntoResponse for ApiError {
         let mut resp = (status, axum::Json(self.body())).into_response();
         if matches!(
             self,
-            ApiError::TooManyRequests { .. } | ApiError::Unavailable { .. }
+            ApiError::TooManyRequests { .. } | ApiError::Overloaded | ApiError::Unavailable { .. }
         ) {
             resp.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,

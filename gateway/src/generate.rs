@@ -87,13 +87,17 @@ impl Generation {
         permit: Permit,
         s: Submission<'_>,
     ) -> Result<Generation, ApiError> {
-        let deadline = tokio::time::Instant::from_std(s.arrived + s.timeout);
+        // A timeout too large for the clock means "a year" (never an overflow panic).
+        let end = s
+            .arrived
+            .checked_add(s.timeout)
+            .or_else(|| s.arrived.checked_add(Duration::from_secs(365 * 86_400)))
+            .unwrap_or(s.arrived);
+        let deadline = tokio::time::Instant::from_std(end);
         let now_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let left_ms = (s.arrived + s.timeout)
-            .saturating_duration_since(Instant::now())
-            .as_millis() as u64;
+        let left_ms = end.saturating_duration_since(Instant::now()).as_millis() as u64;
         let total = s.prompts.len() * s.n;
         let mut g = Generation {
             ids: Vec::with_capacity(total),
@@ -118,7 +122,11 @@ impl Generation {
                 // Distinct, reproducible seeds for the n samples of one prompt.
                 params.seed = params.seed.map(|seed| seed.wrapping_add(j as u64));
                 let req = GenerateRequest {
-                    id: if choice == 0 { s.id } else { RequestId::random() },
+                    id: if choice == 0 {
+                        s.id
+                    } else {
+                        RequestId::random()
+                    },
                     model: s.model.to_string(),
                     prompt_tokens: prompt.clone(),
                     params,
@@ -139,7 +147,9 @@ impl Generation {
                     }
                 }
             }
-            g.metrics.prompt_tokens.add(&[], (prompt.len() * s.n) as f64);
+            g.metrics
+                .prompt_tokens
+                .add(&[], (prompt.len() * s.n) as f64);
         }
         Ok(g)
     }

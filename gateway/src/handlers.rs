@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, Method, Uri};
+use axum::http::{header, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
@@ -25,7 +26,9 @@ use pdserve_cluster::RequestId;
 use crate::backend::ServedModel;
 use crate::error::ApiError;
 use crate::generate::{Generation, Submission};
-use crate::openai::request::{unknown_keys, ChatCompletionRequest, CompletionRequest};
+use crate::openai::request::{
+    parse_object, unknown_keys, ChatCompletionRequest, CompletionRequest,
+};
 use crate::openai::response::{ModelCard, ModelList};
 use crate::output::{self, ResponseContext};
 use crate::state::AppState;
@@ -34,21 +37,29 @@ use crate::{openapi, prompt, sse};
 
 type AppStateRef = State<Arc<AppState>>;
 
-pub async fn chat_completions(State(st): AppStateRef, body: Body) -> Result<Response, ApiError> {
+pub async fn chat_completions(State(st): AppStateRef, body: Body) -> Response {
     generation(st, Endpoint::Chat, body).await
 }
 
-pub async fn completions(State(st): AppStateRef, body: Body) -> Result<Response, ApiError> {
+pub async fn completions(State(st): AppStateRef, body: Body) -> Response {
     generation(st, Endpoint::Completions, body).await
 }
 
-async fn generation(st: Arc<AppState>, endpoint: Endpoint, body: Body) -> Result<Response, ApiError> {
+/// Runs one generation request; every response carries `x-request-id` (the id in
+/// the logs and in the response's `id`).
+async fn generation(st: Arc<AppState>, endpoint: Endpoint, body: Body) -> Response {
     let id = RequestId::random();
-    let result = run_generation(&st, endpoint, body, id).await;
-    if let Err(e) = &result {
-        e.log(&id.to_string());
+    let mut resp = match run_generation(&st, endpoint, body, id).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            e.log(&id.to_string());
+            e.into_response()
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+        resp.headers_mut().insert("x-request-id", v);
     }
-    result
+    resp
 }
 
 async fn run_generation(
@@ -64,17 +75,19 @@ async fn run_generation(
         Endpoint::Chat => "ChatCompletionRequest",
         Endpoint::Completions => "CompletionRequest",
     };
-    let unknown = unknown_keys(&bytes, &openapi::fields_of(schema));
+    let obj = parse_object(&bytes)?;
+    let unknown = unknown_keys(&obj, &openapi::fields_of(schema));
     if !unknown.is_empty() {
         tracing::debug!(request_id = %id, ?unknown, "ignoring unknown request fields");
     }
     let max_choices = st.config.max_choices;
     let valid = match endpoint {
-        Endpoint::Chat => validate::chat(ChatCompletionRequest::parse(&bytes)?, max_choices)?,
+        Endpoint::Chat => validate::chat(ChatCompletionRequest::from_object(&obj)?, max_choices)?,
         Endpoint::Completions => {
-            validate::completion(CompletionRequest::parse(&bytes)?, max_choices)?
+            validate::completion(CompletionRequest::from_object(&obj)?, max_choices)?
         }
     };
+    drop(obj);
     let model = st.find_model(&valid.model)?;
     let permit = st.admit()?;
     let prepared = prompt::prepare(&valid, &model).await?;
@@ -165,8 +178,9 @@ pub async fn list_models(State(st): AppStateRef) -> Json<ModelList> {
 
 pub async fn get_model(
     State(st): AppStateRef,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ModelCard>, ApiError> {
+    let Path(name) = name.map_err(|e| ApiError::invalid("model", e.body_text()))?;
     let models = st.backend.models();
     match models.iter().find(|m| m.name == name) {
         Some(m) => Ok(Json(card(&st, m.clone()))),
@@ -202,7 +216,10 @@ pub async fn live() -> &'static str {
 pub async fn metrics(State(st): AppStateRef) -> Response {
     let text = st.metrics.render(&st.backend.workers(), st.inflight());
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response()

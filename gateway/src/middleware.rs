@@ -1,17 +1,20 @@
-//! Request middleware: API-key authentication of `/v1/*` and the per-request
-//! counter `pdserve_http_requests_total{endpoint,status}`.
+//! Request middleware: API-key authentication of `/v1/*`, the per-request counter
+//! `pdserve_http_requests_total{endpoint,status}`, and turning a handler panic into
+//! a 500.
 //!
 //! Invariants: with an API key configured, no `/v1/*` handler runs for a request
 //! without `Authorization: Bearer <key>` (compared in constant time); the endpoint
 //! label is one of a fixed set of route names, so clients cannot grow the label
 //! space by requesting arbitrary paths.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -23,7 +26,11 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub async fn require_api_key(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub async fn require_api_key(
+    State(st): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
     if let Some(key) = &st.config.api_key {
         let presented = req
             .headers()
@@ -53,9 +60,18 @@ fn endpoint_label(path: &str) -> &'static str {
     }
 }
 
+/// Counts every response by endpoint and status; a handler that panics (a bug)
+/// becomes a 500 here instead of a dropped connection.
 pub async fn count_requests(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let label = endpoint_label(req.uri().path());
-    let resp = next.run(req).await;
+    let resp = match AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(resp) => resp,
+        Err(_) => {
+            let e = ApiError::internal(format!("the {label} handler panicked"));
+            e.log("-");
+            e.into_response()
+        }
+    };
     let status = resp.status().as_u16().to_string();
     st.metrics.http_requests.inc(&[label, &status]);
     resp

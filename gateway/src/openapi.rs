@@ -53,21 +53,51 @@ fn object(props: Vec<(&str, Value)>, required: &[&str]) -> Value {
 
 fn sampling_props() -> Vec<(&'static str, Value)> {
     vec![
-        ("max_tokens", described(integer(), "Most tokens to generate (>= 1).")),
-        ("temperature", described(number(), "Sampling temperature (>= 0; 0 = greedy). Default 1.")),
-        ("top_p", described(number(), "Nucleus sampling mass, in (0, 1].")),
-        ("top_k", described(integer(), "Keep the k most likely tokens; 0 or -1 disables.")),
-        ("min_p", described(number(), "Keep tokens with p >= min_p * p_max, in [0, 1].")),
+        (
+            "max_tokens",
+            described(integer(), "Most tokens to generate (>= 1)."),
+        ),
+        (
+            "temperature",
+            described(
+                number(),
+                "Sampling temperature (>= 0; 0 = greedy). Default 1.",
+            ),
+        ),
+        (
+            "top_p",
+            described(number(), "Nucleus sampling mass, in (0, 1]."),
+        ),
+        (
+            "top_k",
+            described(
+                integer(),
+                "Keep the k most likely tokens; 0 or -1 disables.",
+            ),
+        ),
+        (
+            "min_p",
+            described(number(), "Keep tokens with p >= min_p * p_max, in [0, 1]."),
+        ),
         ("n", described(integer(), "Choices per prompt (>= 1).")),
         ("stop", any_of(vec![string(), array(string())])),
-        ("seed", described(integer(), "Seed (>= 0); choice j of n uses seed + j.")),
+        (
+            "seed",
+            described(integer(), "Seed (>= 0); choice j of n uses seed + j."),
+        ),
         ("presence_penalty", described(number(), "In [-2, 2].")),
         ("frequency_penalty", described(number(), "In [-2, 2].")),
-        ("repetition_penalty", described(number(), "Multiplicative, > 0; 1 disables.")),
+        (
+            "repetition_penalty",
+            described(number(), "Multiplicative, > 0; 1 disables."),
+        ),
         ("stream", boolean()),
         ("stream_options", r("StreamOptions")),
         ("ignore_eos", boolean()),
-        ("min_tokens", described(integer(), "Generate at least this many tokens.")),
+        (
+            "min_tokens",
+            described(integer(), "Generate at least this many tokens."),
+        ),
         ("user", string()),
     ]
 }
@@ -84,12 +114,21 @@ fn schemas() -> Map<String, Value> {
     let mut chat_req = vec![
         ("model", string()),
         ("messages", array(r("ChatMessage"))),
-        ("max_completion_tokens", described(integer(), "Preferred over max_tokens.")),
+        (
+            "max_completion_tokens",
+            described(integer(), "Preferred over max_tokens."),
+        ),
         ("logprobs", boolean()),
-        ("top_logprobs", described(integer(), "0..=20; needs logprobs: true.")),
+        (
+            "top_logprobs",
+            described(integer(), "0..=20; needs logprobs: true."),
+        ),
         (
             "chat_template_kwargs",
-            described(json!({"type": "object"}), "Extra chat template variables (enable_thinking, ...)."),
+            described(
+                json!({"type": "object"}),
+                "Extra chat template variables (enable_thinking, ...).",
+            ),
         ),
     ];
     chat_req.extend(sampling_props());
@@ -104,11 +143,18 @@ fn schemas() -> Map<String, Value> {
                 array(array(integer())),
             ]),
         ),
-        ("logprobs", described(integer(), "Alternatives per token, 0..=20.")),
+        (
+            "logprobs",
+            described(integer(), "Alternatives per token, 0..=20."),
+        ),
     ];
     completion_req.extend(sampling_props());
     let top_logprob = object(
-        vec![("token", string()), ("logprob", number()), ("bytes", array(integer()))],
+        vec![
+            ("token", string()),
+            ("logprob", number()),
+            ("bytes", array(integer())),
+        ],
         &["token", "logprob", "bytes"],
     );
     let token_logprob = object(
@@ -122,8 +168,14 @@ fn schemas() -> Map<String, Value> {
     );
     let finish = nullable(json!({"type": "string", "enum": ["stop", "length"]}));
     let entries: Vec<(&str, Value)> = vec![
-        ("ChatCompletionRequest", object(chat_req, &["model", "messages"])),
-        ("CompletionRequest", object(completion_req, &["model", "prompt"])),
+        (
+            "ChatCompletionRequest",
+            object(chat_req, &["model", "messages"]),
+        ),
+        (
+            "CompletionRequest",
+            object(completion_req, &["model", "prompt"]),
+        ),
         (
             "ChatMessage",
             object(
@@ -132,7 +184,10 @@ fn schemas() -> Map<String, Value> {
                         "role",
                         json!({"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]}),
                     ),
-                    ("content", nullable(any_of(vec![string(), array(r("ContentPart"))]))),
+                    (
+                        "content",
+                        nullable(any_of(vec![string(), array(r("ContentPart"))])),
+                    ),
                     ("name", string()),
                 ],
                 &["role"],
@@ -140,9 +195,15 @@ fn schemas() -> Map<String, Value> {
         ),
         (
             "ContentPart",
-            object(vec![("type", constant("text")), ("text", string())], &["type", "text"]),
+            object(
+                vec![("type", constant("text")), ("text", string())],
+                &["type", "text"],
+            ),
         ),
-        ("StreamOptions", object(vec![("include_usage", boolean())], &[])),
+        (
+            "StreamOptions",
+            object(vec![("include_usage", boolean())], &[]),
+        ),
         ("Usage", usage),
         (
             "ChatCompletion",
@@ -220,7 +281,10 @@ fn schemas() -> Map<String, Value> {
         ),
         (
             "ChatLogprobs",
-            object(vec![("content", array(r("ChatTokenLogprob")))], &["content"]),
+            object(
+                vec![("content", array(r("ChatTokenLogprob")))],
+                &["content"],
+            ),
         ),
         ("ChatTokenLogprob", token_logprob),
         ("TopLogprob", top_logprob),
@@ -261,7 +325,9 @@ fn schemas() -> Map<String, Value> {
                     ("token_logprobs", array(number())),
                     (
                         "top_logprobs",
-                        array(json!({"type": "object", "additionalProperties": {"type": "number"}})),
+                        array(
+                            json!({"type": "object", "additionalProperties": {"type": "number"}}),
+                        ),
                     ),
                     ("text_offset", array(integer())),
                 ],
@@ -307,7 +373,10 @@ fn schemas() -> Map<String, Value> {
             ),
         ),
     ];
-    entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    entries
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
 }
 
 fn json_content(schema: Value) -> Value {

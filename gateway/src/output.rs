@@ -135,7 +135,7 @@ pub async fn collect(mut gen: Generation, ctx: ResponseContext) -> Result<Respon
                         content: (!parsing || !a.content.is_empty()).then_some(a.content),
                         reasoning_content: (!a.reasoning.is_empty()).then_some(a.reasoning),
                     },
-                    logprobs: ctx.logprobs.then(|| ChatLogprobs {
+                    logprobs: ctx.logprobs.then_some(ChatLogprobs {
                         content: a.chat_logprobs,
                     }),
                     finish_reason: a.finish_reason,

@@ -12,7 +12,9 @@ use pdserve_engine::EngineError;
 
 use crate::backend::ServedModel;
 use crate::error::ApiError;
-use crate::validate::{check_params, Endpoint, PromptSource, ValidRequest, DEFAULT_COMPLETION_MAX_TOKENS};
+use crate::validate::{
+    check_params, Endpoint, PromptSource, ValidRequest, DEFAULT_COMPLETION_MAX_TOKENS,
+};
 
 /// Tokenized prompts (one per prompt of the request) and the final params.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,7 +63,9 @@ fn tokenize(
                 if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
                     return Err(ApiError::invalid(
                         "prompt",
-                        format!("prompt {i}: token id {bad} is outside the vocabulary (size {vocab})"),
+                        format!(
+                            "prompt {i}: token id {bad} is outside the vocabulary (size {vocab})"
+                        ),
                     ));
                 }
             }
@@ -79,8 +83,15 @@ fn finish(
     let mut longest = 0;
     for p in &prompts {
         if p.is_empty() {
-            let param = if req.endpoint == Endpoint::Chat { "messages" } else { "prompt" };
-            return Err(ApiError::invalid(param, format!("{param} must not be empty")));
+            let param = if req.endpoint == Endpoint::Chat {
+                "messages"
+            } else {
+                "prompt"
+            };
+            return Err(ApiError::invalid(
+                param,
+                format!("{param} must not be empty"),
+            ));
         }
         if p.len() >= ctx {
             return Err(ApiError::PromptTooLong {
@@ -134,22 +145,34 @@ mod tests {
     }
 
     fn chat(body: &str) -> ValidRequest {
-        validate::chat(ChatCompletionRequest::parse(body.as_bytes()).expect("parse"), 128)
-            .expect("valid")
+        validate::chat(
+            ChatCompletionRequest::parse(body.as_bytes()).expect("parse"),
+            128,
+        )
+        .expect("valid")
     }
 
     fn completion(body: &str) -> ValidRequest {
-        validate::completion(CompletionRequest::parse(body.as_bytes()).expect("parse"), 128)
-            .expect("valid")
+        validate::completion(
+            CompletionRequest::parse(body.as_bytes()).expect("parse"),
+            128,
+        )
+        .expect("valid")
     }
 
     #[test]
     fn chat_is_templated_and_fills_max_tokens_from_the_context() {
         let (_d, m) = model(512);
-        let p = run(chat(r#"{"model":"tiny","messages":[{"role":"user","content":"Hello world"}]}"#), &m)
-            .expect("prepared");
+        let p = run(
+            chat(r#"{"model":"tiny","messages":[{"role":"user","content":"Hello world"}]}"#),
+            &m,
+        )
+        .expect("prepared");
         let text = m.tokenizer.decode(&p.prompts[0], false).expect("decode");
-        assert_eq!(text, "<|im_start|>user\nHello world<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            text,
+            "<|im_start|>user\nHello world<|im_end|>\n<|im_start|>assistant\n"
+        );
         assert_eq!(p.params.max_tokens, 512 - p.prompts[0].len());
     }
 
@@ -158,25 +181,35 @@ mod tests {
         let (_d, m) = model(20);
         let p = run(completion(r#"{"model":"tiny","prompt":"Hello"}"#), &m).expect("ok");
         assert_eq!(p.params.max_tokens, 16);
-        let p = run(completion(r#"{"model":"tiny","prompt":[1,2,3,4,5,6,7,8,9,10],"max_tokens":100}"#), &m)
-            .expect("ok");
+        let p = run(
+            completion(r#"{"model":"tiny","prompt":[1,2,3,4,5,6,7,8,9,10],"max_tokens":100}"#),
+            &m,
+        )
+        .expect("ok");
         assert_eq!(p.params.max_tokens, 10);
     }
 
     #[test]
     fn too_long_prompts_and_bad_ids_are_400s() {
         let (_d, m) = model(8);
-        let long = format!(r#"{{"model":"tiny","prompt":[{}]}}"#, vec!["1"; 9].join(","));
+        let long = format!(r#"{{"model":"tiny","prompt":[{}]}}"#, ["1"; 9].join(","));
         match run(completion(&long), &m) {
-            Err(ApiError::PromptTooLong { prompt_tokens: 9, max_context: 8 }) => {}
+            Err(ApiError::PromptTooLong {
+                prompt_tokens: 9,
+                max_context: 8,
+            }) => {}
             other => panic!("{other:?}"),
         }
         match run(completion(r#"{"model":"tiny","prompt":[1, 5000]}"#), &m) {
-            Err(ApiError::InvalidField { message, .. }) => assert!(message.contains("5000"), "{message}"),
+            Err(ApiError::InvalidField { message, .. }) => {
+                assert!(message.contains("5000"), "{message}")
+            }
             other => panic!("{other:?}"),
         }
         match run(completion(r#"{"model":"tiny","prompt":""}"#), &m) {
-            Err(ApiError::InvalidField { param, .. }) => assert_eq!(param.as_deref(), Some("prompt")),
+            Err(ApiError::InvalidField { param, .. }) => {
+                assert_eq!(param.as_deref(), Some("prompt"))
+            }
             other => panic!("{other:?}"),
         }
     }

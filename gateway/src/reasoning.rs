@@ -27,7 +27,9 @@ enum State {
     Start,
     Thinking,
     /// After `</think>`: `true` while leading newlines are still being dropped.
-    Answer { trimming: bool },
+    Answer {
+        trimming: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -119,7 +121,9 @@ impl ReasoningSplitter {
 fn partial_suffix(text: &str, tag: &str) -> usize {
     (1..tag.len().min(text.len() + 1))
         .rev()
-        .find(|&k| text.is_char_boundary(text.len() - k) && tag.starts_with(&text[text.len() - k..]))
+        .find(|&k| {
+            text.is_char_boundary(text.len() - k) && tag.starts_with(&text[text.len() - k..])
+        })
         .unwrap_or(0)
 }
 
@@ -154,7 +158,9 @@ mod tests {
         let want = split("\nOkay, the user wants.\n", "Federer is great.");
         assert_eq!(run(&[text]), want);
         // Every split into two and three pieces gives the same answer.
-        let idx: Vec<usize> = (0..=text.len()).filter(|&i| text.is_char_boundary(i)).collect();
+        let idx: Vec<usize> = (0..=text.len())
+            .filter(|&i| text.is_char_boundary(i))
+            .collect();
         for &i in &idx {
             assert_eq!(run(&[&text[..i], &text[i..]]), want, "split at {i}");
             for &j in idx.iter().filter(|&&j| j >= i) {
@@ -165,7 +171,10 @@ mod tests {
 
     #[test]
     fn no_think_block_is_all_content() {
-        assert_eq!(run(&["Hello ", "<think>x</think>"]), split("", "Hello <think>x</think>"));
+        assert_eq!(
+            run(&["Hello ", "<think>x</think>"]),
+            split("", "Hello <think>x</think>")
+        );
         assert_eq!(run(&["<thi"]), split("", "<thi"));
         assert_eq!(run(&[""]), split("", ""));
     }
@@ -173,7 +182,10 @@ mod tests {
     #[test]
     fn cut_off_thinking_is_all_reasoning_and_partial_close_is_released() {
         assert_eq!(run(&["<think>abc</thi"]), split("abc</thi", ""));
-        assert_eq!(run(&["  <think>é", "ü</", "think>\n", "\n", "x\n"]), split("éü", "x\n"));
+        assert_eq!(
+            run(&["  <think>é", "ü</", "think>\n", "\n", "x\n"]),
+            split("éü", "x\n")
+        );
     }
 
     #[test]

@@ -123,7 +123,10 @@ pub async fn serve_on(
     })
     .await;
     if closed.is_err() {
-        tracing::warn!(left = conns.len(), "dropping connections that did not close");
+        tracing::warn!(
+            left = conns.len(),
+            "dropping connections that did not close"
+        );
         conns.abort_all();
     }
     tracing::info!(%local, "HTTP server stopped");

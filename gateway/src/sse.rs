@@ -22,11 +22,11 @@ use serde::Serialize;
 
 use crate::error::ApiError;
 use crate::generate::Generation;
-use crate::output::{ChoiceOutput, Piece, ResponseContext};
 use crate::openai::response::{
     ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChatLogprobs, Completion, CompletionChoice,
     Usage, CHAT_CHUNK_OBJECT, COMPLETION_OBJECT,
 };
+use crate::output::{ChoiceOutput, Piece, ResponseContext};
 use crate::validate::Endpoint;
 
 pub const DONE: &[u8] = b"data: [DONE]\n\n";
@@ -69,7 +69,11 @@ impl SseState {
         })
     }
 
-    fn completion_chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Option<Usage>>) -> Bytes {
+    fn completion_chunk(
+        &self,
+        choices: Vec<CompletionChoice>,
+        usage: Option<Option<Usage>>,
+    ) -> Bytes {
         frame(&Completion {
             id: self.ctx.id.clone(),
             object: COMPLETION_OBJECT,
@@ -183,7 +187,9 @@ impl SseState {
 
 /// The streaming response for a primed generation.
 pub fn respond(gen: Generation, ctx: ResponseContext) -> Response {
-    let outputs = (0..gen.choices()).map(|_| ChoiceOutput::new(&ctx)).collect();
+    let outputs = (0..gen.choices())
+        .map(|_| ChoiceOutput::new(&ctx))
+        .collect();
     let mut state = SseState {
         gen,
         ctx,
@@ -193,12 +199,16 @@ pub fn respond(gen: Generation, ctx: ResponseContext) -> Response {
     };
     state.role_chunks();
     let stream = futures_util::stream::unfold(state, |mut st| async move {
-        st.next_frame().await.map(|f| (Ok::<Bytes, Infallible>(f), st))
+        st.next_frame()
+            .await
+            .map(|f| (Ok::<Bytes, Infallible>(f), st))
     });
     (
         [
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
+            // Reverse proxies (nginx) must not buffer the stream.
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
         ],
         Body::from_stream(stream),
     )

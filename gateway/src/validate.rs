@@ -215,14 +215,18 @@ fn token_ids(prompt: usize, ids: Vec<i64>) -> Result<Vec<u32>, ApiError> {
 }
 
 fn non_negative(field: &str, v: i64) -> Result<usize, ApiError> {
-    usize::try_from(v).map_err(|_| ApiError::invalid(field, format!("{field} must be >= 0, got {v}")))
+    usize::try_from(v)
+        .map_err(|_| ApiError::invalid(field, format!("{field} must be >= 0, got {v}")))
 }
 
 fn finite(field: &str, v: Option<f64>, default: f32) -> Result<f32, ApiError> {
     match v {
         None => Ok(default),
         Some(x) if x.is_finite() && x.abs() <= f32::MAX as f64 => Ok(x as f32),
-        Some(x) => Err(ApiError::invalid(field, format!("{field} must be a finite number, got {x}"))),
+        Some(x) => Err(ApiError::invalid(
+            field,
+            format!("{field} must be a finite number, got {x}"),
+        )),
     }
 }
 
@@ -261,7 +265,10 @@ fn build(
     };
     let seed = match s.seed {
         Some(v) if v < 0 => {
-            return Err(ApiError::invalid("seed", format!("seed must be >= 0, got {v}")))
+            return Err(ApiError::invalid(
+                "seed",
+                format!("seed must be >= 0, got {v}"),
+            ))
         }
         v => v.map(|v| v as u64),
     };
@@ -308,8 +315,7 @@ fn build(
         n,
         stream,
         include_usage: stream
-            && s
-                .stream_options
+            && s.stream_options
                 .as_ref()
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
@@ -338,9 +344,8 @@ mod tests {
     use super::*;
 
     fn chat_req(extra: &str) -> Result<ValidRequest, ApiError> {
-        let body = format!(
-            r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#
-        );
+        let body =
+            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#);
         chat(ChatCompletionRequest::parse(body.as_bytes())?, 128)
     }
 
@@ -392,10 +397,17 @@ mod tests {
 
     #[test]
     fn messages_are_checked() {
-        let bad = |body: &str| chat(ChatCompletionRequest::parse(body.as_bytes()).expect("parse"), 128);
+        let bad = |body: &str| {
+            chat(
+                ChatCompletionRequest::parse(body.as_bytes()).expect("parse"),
+                128,
+            )
+        };
         assert_eq!(param_of(bad(r#"{"model":"m","messages":[]}"#)), "messages");
         assert_eq!(
-            param_of(bad(r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#)),
+            param_of(bad(
+                r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#
+            )),
             "messages[0].role"
         );
         assert_eq!(
@@ -456,7 +468,10 @@ mod tests {
         assert_eq!(v.source, PromptSource::Tokens(vec![vec![1, 2], vec![3]]));
         let body = br#"{"model":"m","prompt":"x","logprobs":-1}"#;
         assert_eq!(
-            param_of(completion(CompletionRequest::parse(body).expect("parse"), 128)),
+            param_of(completion(
+                CompletionRequest::parse(body).expect("parse"),
+                128
+            )),
             "logprobs"
         );
     }

@@ -114,7 +114,13 @@ impl Counter {
     pub fn render(&self, out: &mut String) {
         header(out, self.name, self.help, "counter");
         for (k, v) in lock(&self.series).iter() {
-            let _ = writeln!(out, "{}{} {}", self.name, label_set(self.labels, k, None), num(*v));
+            let _ = writeln!(
+                out,
+                "{}{} {}",
+                self.name,
+                label_set(self.labels, k, None),
+                num(*v)
+            );
         }
     }
 }
@@ -155,7 +161,13 @@ impl Gauge {
     pub fn render(&self, out: &mut String) {
         header(out, self.name, self.help, "gauge");
         for (k, v) in lock(&self.series).iter() {
-            let _ = writeln!(out, "{}{} {}", self.name, label_set(self.labels, k, None), num(*v));
+            let _ = writeln!(
+                out,
+                "{}{} {}",
+                self.name,
+                label_set(self.labels, k, None),
+                num(*v)
+            );
         }
     }
 }
@@ -202,11 +214,13 @@ impl Histogram {
         }
         let slot = self.bounds.partition_point(|&b| b < v);
         let mut series = lock(&self.series);
-        let s = series.entry(key(values)).or_insert_with(|| HistogramSeries {
-            counts: vec![0; self.bounds.len() + 1],
-            sum: 0.0,
-            count: 0,
-        });
+        let s = series
+            .entry(key(values))
+            .or_insert_with(|| HistogramSeries {
+                counts: vec![0; self.bounds.len() + 1],
+                sum: 0.0,
+                count: 0,
+            });
         s.counts[slot] += 1;
         s.sum += v;
         s.count += 1;

@@ -116,26 +116,34 @@ pub struct CompletionRequest {
 
 impl ChatCompletionRequest {
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let obj = parse_object(body)?;
+        Self::from_object(&parse_object(body)?)
+    }
+
+    /// From a body already parsed by [`parse_object`].
+    pub fn from_object(obj: &Value) -> Result<Self, ApiError> {
         Ok(ChatCompletionRequest {
-            chat: from_object(&obj)?,
-            sampling: from_object(&obj)?,
+            chat: from_object(obj)?,
+            sampling: from_object(obj)?,
         })
     }
 }
 
 impl CompletionRequest {
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let obj = parse_object(body)?;
+        Self::from_object(&parse_object(body)?)
+    }
+
+    /// From a body already parsed by [`parse_object`].
+    pub fn from_object(obj: &Value) -> Result<Self, ApiError> {
         Ok(CompletionRequest {
-            completion: from_object(&obj)?,
-            sampling: from_object(&obj)?,
+            completion: from_object(obj)?,
+            sampling: from_object(obj)?,
         })
     }
 }
 
 /// The body as a JSON object, or a 400 that says what is wrong with it.
-fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
+pub fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::BadJson {
         message: format!("the request body is not valid JSON: {e}"),
         param: None,
@@ -167,16 +175,16 @@ fn from_object<T: DeserializeOwned>(value: &Value) -> Result<T, ApiError> {
     })
 }
 
-/// Keys of `body` (a JSON object) that are not in `known`.
-pub fn unknown_keys(body: &[u8], known: &[&str]) -> Vec<String> {
-    match serde_json::from_slice::<Map<String, Value>>(body) {
-        Ok(map) => map
-            .keys()
-            .filter(|k| !known.contains(&k.as_str()))
-            .cloned()
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+/// Keys of `obj` (a JSON object) that are not in `known`.
+pub fn unknown_keys(obj: &Value, known: &[&str]) -> Vec<String> {
+    obj.as_object()
+        .map(|map| {
+            map.keys()
+                .filter(|k| !known.contains(&k.as_str()))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -203,19 +211,27 @@ mod tests {
             "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
             {"role": "assistant", "content": null}], "stop": "x"}"#;
         let r = ChatCompletionRequest::parse(body).expect("parse");
-        assert!(matches!(r.chat.messages[0].content, Some(MessageContent::Parts(ref p)) if p.len() == 2));
+        assert!(
+            matches!(r.chat.messages[0].content, Some(MessageContent::Parts(ref p)) if p.len() == 2)
+        );
         assert_eq!(r.chat.messages[1].content, None);
         assert_eq!(r.sampling.stop, Some(Stop::One("x".into())));
         for (prompt, want) in [
             (r#""hi""#, Prompt::Text("hi".into())),
             (r#"["a","b"]"#, Prompt::Texts(vec!["a".into(), "b".into()])),
             (r#"[1,2]"#, Prompt::Tokens(vec![1, 2])),
-            (r#"[[1],[2,3]]"#, Prompt::TokenLists(vec![vec![1], vec![2, 3]])),
+            (
+                r#"[[1],[2,3]]"#,
+                Prompt::TokenLists(vec![vec![1], vec![2, 3]]),
+            ),
         ] {
             let body = format!(r#"{{"model":"m","prompt":{prompt},"stop":["a","b"]}}"#);
             let r = CompletionRequest::parse(body.as_bytes()).expect("parse");
             assert_eq!(r.completion.prompt, want);
-            assert_eq!(r.sampling.stop, Some(Stop::Many(vec!["a".into(), "b".into()])));
+            assert_eq!(
+                r.sampling.stop,
+                Some(Stop::Many(vec!["a".into(), "b".into()]))
+            );
         }
     }
 
@@ -242,12 +258,17 @@ mod tests {
     fn malformed_and_non_object_bodies_are_rejected() {
         for body in [&b"{"[..], b"[1]", b"", b"null", b"\"x\""] {
             assert!(
-                matches!(ChatCompletionRequest::parse(body), Err(ApiError::BadJson { .. })),
+                matches!(
+                    ChatCompletionRequest::parse(body),
+                    Err(ApiError::BadJson { .. })
+                ),
                 "{body:?}"
             );
         }
         match CompletionRequest::parse(br#"{"prompt": "x"}"#) {
-            Err(ApiError::BadJson { message, .. }) => assert!(message.contains("model"), "{message}"),
+            Err(ApiError::BadJson { message, .. }) => {
+                assert!(message.contains("model"), "{message}")
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -255,9 +276,11 @@ mod tests {
     #[test]
     fn unknown_keys_are_listed() {
         let body = br#"{"model": "m", "tools": [], "foo": 1}"#;
-        let mut u = unknown_keys(body, &["model"]);
+        let mut u = unknown_keys(&parse_object(body).expect("object"), &["model"]);
         u.sort();
         assert_eq!(u, vec!["foo".to_string(), "tools".to_string()]);
-        assert!(ChatCompletionRequest::parse(br#"{"model":"m","messages":[],"foo":{"x":1}}"#).is_ok());
+        assert!(
+            ChatCompletionRequest::parse(br#"{"model":"m","messages":[],"foo":{"x":1}}"#).is_ok()
+        );
     }
 }

@@ -191,7 +191,10 @@ mod tests {
             usage: Usage::new(25, 29),
         };
         let v = serde_json::to_value(&r).expect("json");
-        assert_eq!(v["choices"][0]["message"]["reasoning_content"], serde_json::Value::Null);
+        assert_eq!(
+            v["choices"][0]["message"]["reasoning_content"],
+            serde_json::Value::Null
+        );
         assert!(v["choices"][0]["message"]
             .as_object()
             .expect("obj")
@@ -217,7 +220,10 @@ mod tests {
         assert_eq!(v["usage"], serde_json::Value::Null);
         assert!(v.as_object().expect("obj").contains_key("usage"));
         c.usage = Some(Some(Usage::new(1, 2)));
-        assert_eq!(serde_json::to_value(&c).expect("json")["usage"]["total_tokens"], 3);
+        assert_eq!(
+            serde_json::to_value(&c).expect("json")["usage"]["total_tokens"],
+            3
+        );
         let d = serde_json::to_value(ChatDelta::default()).expect("json");
         assert_eq!(d, serde_json::json!({}));
     }

@@ -46,7 +46,10 @@ fn every_ref_resolves_and_every_path_is_there() {
     assert!(refs.len() > 20);
     for r in refs {
         let name = r.strip_prefix("#/components/schemas/").expect("local ref");
-        assert!(doc["components"]["schemas"].get(name).is_some(), "dangling {r}");
+        assert!(
+            doc["components"]["schemas"].get(name).is_some(),
+            "dangling {r}"
+        );
     }
     for p in [
         "/v1/chat/completions",
@@ -119,7 +122,10 @@ fn request_schemas_list_exactly_the_fields_serde_reads() {
         text: Some("t".into()),
     };
     assert_eq!(schema_keys("ContentPart"), keys_of(&part));
-    assert_eq!(schema_keys("StreamOptions"), keys_of(&StreamOptions::default()));
+    assert_eq!(
+        schema_keys("StreamOptions"),
+        keys_of(&StreamOptions::default())
+    );
 }
 
 #[test]
@@ -210,7 +216,10 @@ fn response_schemas_list_exactly_the_fields_serde_writes() {
         ("ChatCompletionChunk", keys_of(&chunk)),
         ("Completion", keys_of(&completion)),
         ("CompletionChoice", keys_of(&cchoice)),
-        ("CompletionLogprobs", keys_of(&CompletionLogprobs::default())),
+        (
+            "CompletionLogprobs",
+            keys_of(&CompletionLogprobs::default()),
+        ),
         ("Usage", keys_of(&Usage::default())),
         ("Model", keys_of(&card)),
         ("ModelList", keys_of(&list)),
