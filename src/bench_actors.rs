@@ -137,7 +137,11 @@ pub fn run(args: &BenchActorsArgs) -> Result<()> {
         anyhow::Ok((router, view))
     })?;
     let until = Instant::now() + Duration::from_secs(10);
-    while view.read().map(|v| v.serving(&model).is_empty()).unwrap_or(true) {
+    while view
+        .read()
+        .map(|v| v.serving(&model).is_empty())
+        .unwrap_or(true)
+    {
         anyhow::ensure!(Instant::now() < until, "decode worker did not come up");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -147,7 +151,13 @@ pub fn run(args: &BenchActorsArgs) -> Result<()> {
         let warm = rep == 0;
         let p = random_prompt(&mut rng, &pool, args.prompt_len);
         let mut sink = Samples::default();
-        direct(&mut engine, rep as u64 + 1, &p, args.gen_len, if warm { &mut sink } else { &mut d })?;
+        direct(
+            &mut engine,
+            rep as u64 + 1,
+            &p,
+            args.gen_len,
+            if warm { &mut sink } else { &mut d },
+        )?;
         let p = random_prompt(&mut rng, &pool, args.prompt_len);
         let s = if warm { &mut sink } else { &mut a };
         rt.block_on(async {
@@ -178,7 +188,9 @@ pub fn run(args: &BenchActorsArgs) -> Result<()> {
                             break;
                         }
                     }
-                    StreamEvent::Error { message, .. } => anyhow::bail!("actor path failed: {message}"),
+                    StreamEvent::Error { message, .. } => {
+                        anyhow::bail!("actor path failed: {message}")
+                    }
                     StreamEvent::Started { .. } => {}
                 }
             }
@@ -198,7 +210,12 @@ pub fn run(args: &BenchActorsArgs) -> Result<()> {
         args.gen_len,
         args.reps
     );
-    println!("TTFT p50: engine {:.3} ms, actor path {:.3} ms, added {:+.3} ms", ms(dt50), ms(at50), ms(at50 - dt50));
+    println!(
+        "TTFT p50: engine {:.3} ms, actor path {:.3} ms, added {:+.3} ms",
+        ms(dt50),
+        ms(at50),
+        ms(at50 - dt50)
+    );
     println!(
         "per-token p50: engine {:.1} us, actor path {:.1} us, added {:+.1} us",
         us(di50),

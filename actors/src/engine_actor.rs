@@ -24,7 +24,7 @@ use pdserve_engine::sampling::SampledToken;
 use pdserve_engine::{BlockId, SeqId};
 use tokio::sync::oneshot;
 
-use crate::policy::disagg::{decide_prefill, PrefillDecisionInput};
+use crate::policy::disagg::{prefill_decision, PrefillDecisionInput};
 
 /// Inputs of the local/remote prefill decision that the worker knows (the engine
 /// adds its own prefix-cache hit).
@@ -382,14 +382,19 @@ impl Loop {
         let prompt_tokens = req.prompt_tokens.len();
         let cached_tokens = self.engine.cached_prefix_len(&req.prompt_tokens);
         let location = match remote {
-            Some(r) => decide_prefill(&PrefillDecisionInput {
-                prompt_tokens,
-                locally_cached_tokens: cached_tokens,
-                max_local_prefill_length: r.max_local_prefill_length,
-                prefill_queue_len: r.prefill_queue_len,
-                max_prefill_queue_size: r.max_prefill_queue_size,
-                live_prefill_workers: r.live_prefill_workers,
-            }),
+            Some(r) => {
+                let input = PrefillDecisionInput {
+                    prompt_tokens,
+                    locally_cached_tokens: cached_tokens,
+                    max_local_prefill_length: r.max_local_prefill_length,
+                    prefill_queue_len: r.prefill_queue_len,
+                    max_prefill_queue_size: r.max_prefill_queue_size,
+                    live_prefill_workers: r.live_prefill_workers,
+                };
+                let decision = prefill_decision(&input);
+                tracing::debug!(%seq, ?decision, ?input, "prefill decision");
+                decision.location()
+            }
             None => PrefillLocation::Local,
         };
         let result = match location {

@@ -122,17 +122,6 @@ impl Node {
         )
         .await
         .map_err(|e| start_err(e.to_string()))?;
-        // Wait (bounded) for the listener to accept, so callers can connect at once.
-        for _ in 0..50 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-                || tokio::net::TcpStream::connect(config.listen).await.is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         tracing::info!(node = %name, %listen, seeds = ?config.seeds, "cluster node started");
         Ok(Node {
             name,

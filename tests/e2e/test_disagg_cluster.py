@@ -59,10 +59,12 @@ def remote_count():
     return metric(base, "pdserve_prefill_total", {"location": "remote"})
 
 deadline = time.time() + 60
+k = 0
 while remote_count() < 1:
     if time.time() > deadline:
         fail("no long prompt was prefilled remotely within 60 s", procs)
-    r = chat(base, model, long_prompt(0), max_tokens=8)
+    k -= 1
+    r = chat(base, model, long_prompt(k), max_tokens=8)
     if r.status_code != 200:
         fail(f"long chat: HTTP {r.status_code}: {r.text}", procs)
     body = r.json()
@@ -91,10 +93,12 @@ before = remote_count()
 prefill2 = start_prefill("prefill-restarted")
 procs = [front, decode, prefill2]
 deadline = time.time() + 90
+k = 100
 while remote_count() <= before:
     if time.time() > deadline:
         fail("the restarted prefill worker took no remote prefill within 90 s", procs)
-    r = chat(base, model, long_prompt(100), max_tokens=4)
+    k += 1  # a new prompt each time: a repeated one would hit the prefix cache
+    r = chat(base, model, long_prompt(k), max_tokens=4)
     if r.status_code != 200:
         fail(f"chat after restart: HTTP {r.status_code}: {r.text}", procs)
 print("restarted prefill worker took work:", remote_count())
