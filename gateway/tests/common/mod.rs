@@ -286,6 +286,8 @@ pub fn worker_load(name: &str, free: u32, total: u32, waiting: u32) -> WorkerLoa
         waiting,
         prefill_queue_depth: 0,
         draining: false,
+        remote_prefills: 0,
+        prefill_fallbacks: 0,
         cached_blocks: Vec::new(),
         seq: 1,
     }
