@@ -122,3 +122,19 @@ fn bad_arguments_are_usage_errors() {
     let out = pdserve(&["serve"], tmp.path());
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn serving_commands_reject_bad_settings_before_starting() {
+    let home = tempfile::tempdir().unwrap();
+    let out = pdserve(
+        &["frontend", "--offline", "--http-port", "0", "--seed", "no-port-here"],
+        home.path(),
+    );
+    assert_one_line_error(&out, "invalid seed address \"no-port-here\"");
+    let out = pdserve(
+        &["frontend", "--offline", "--http-port", "0", "--router-policy", "fastest"],
+        home.path(),
+    );
+    let line = assert_one_line_error(&out, "--router-policy");
+    assert!(line.contains("kv-aware"), "lists the valid policies: {line}");
+}

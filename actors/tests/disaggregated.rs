@@ -9,12 +9,14 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use pdserve_actors::decode_worker::{DecodeArgs, DecodeConfig, DecodeMsg, DecodeWorker, KvIngress};
+use pdserve_actors::decode_worker::{
+    broadcast_load, DecodeArgs, DecodeConfig, DecodeMsg, DecodeWorker, KvIngress,
+};
 use pdserve_actors::policy::routing::RoutingPolicy;
 use pdserve_actors::prefill_queue::QueueMsg;
 use pdserve_actors::prefill_worker::{PrefillArgs, PrefillConfig, PrefillMsg, PrefillWorker};
 use pdserve_actors::router::{Router, RouterArgs, RouterMsg, RouterView};
-use pdserve_cluster::protocol::{GenerateRequest, PrefillLocation, QueueWire, StreamEvent};
+use pdserve_cluster::protocol::{GenerateRequest, PrefillLocation, QueueWire, StreamEvent, WorkerLoad};
 use pdserve_cluster::{groups, NodeName, RequestId, Role, WorkerId};
 use pdserve_engine::engine::{Engine, EngineConfig, EngineRequest, FinishReason};
 use pdserve_engine::fixtures::{write_gguf, TinyModelSpec};
@@ -255,6 +257,93 @@ async fn assert_no_leak(c: &Cluster) {
                 .all(|(l, _)| l.free_blocks == l.total_blocks && l.running == 0 && l.waiting == 0)
     })
     .await;
+}
+
+/// A "decode worker" that reports itself alive, takes requests and never answers.
+struct SilentDecode;
+
+impl Actor for SilentDecode {
+    type Msg = DecodeMsg;
+    type State = WorkerLoad;
+    type Arguments = WorkerLoad;
+    async fn pre_start(&self, me: ActorRef<DecodeMsg>, load: WorkerLoad) -> Result<WorkerLoad, ActorProcessingErr> {
+        ractor::pg::join(groups::decode_workers(&load.model), vec![me.get_cell()]);
+        ractor::pg::join(groups::worker_inbox(&load.worker), vec![me.get_cell()]);
+        me.send_interval(Duration::from_millis(100), || DecodeMsg::Tick);
+        Ok(load)
+    }
+    async fn handle(&self, _: ActorRef<DecodeMsg>, msg: DecodeMsg, load: &mut WorkerLoad) -> Result<(), ActorProcessingErr> {
+        if let DecodeMsg::Tick = msg {
+            load.seq += 1;
+            broadcast_load(load.clone());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_dead_decode_worker_is_routed_again() {
+    let t = tiny();
+    let c = start(&t, "reroute", KvIngress::None, Duration::from_secs(20)).await;
+    // Worker ids sort "…/decode/0" (real) before "…/decode/1" (silent); the
+    // router's first round-robin ticket picks index 1: the silent one.
+    let mut load = c.view.read().unwrap().serving("reroute")[0].clone();
+    load.worker = WorkerId::new(&c.node, Role::Decode, 1);
+    let (silent, _) = Actor::spawn(None, SilentDecode, load).await.unwrap();
+    wait_for("both decode workers known", || c.view.read().unwrap().serving("reroute").len() == 2).await;
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        silent.kill();
+    });
+    let p = prompt(21, 20);
+    let started = Instant::now();
+    let got = generate(&c, &p, 6).await;
+    killer.await.unwrap();
+    assert_eq!(got.tokens, alone(&t, &p, 6), "answered by the live worker");
+    assert!(started.elapsed() < Duration::from_secs(5), "re-routed promptly");
+    wait_for("the dead worker is no longer served", || c.view.read().unwrap().serving("reroute").len() == 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_decode_worker_dies_ends_with_an_error() {
+    let t = tiny();
+    let c = start(&t, "midstream", KvIngress::None, Duration::from_secs(20)).await;
+    let (sink, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let id = RequestId::random();
+    c.router
+        .cast(RouterMsg::Submit {
+            request: GenerateRequest {
+                id,
+                model: c.model.clone(),
+                prompt_tokens: prompt(5, 10),
+                params: greedy(100_000),
+                reply_to: groups::router_inbox(&c.node),
+                deadline_unix_ms: 0,
+            },
+            sink,
+        })
+        .unwrap();
+    let mut tokens = 0;
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        match ev {
+            StreamEvent::Tokens { finish, .. } => {
+                assert!(finish.is_none(), "the stream must not finish on its own");
+                tokens += 1;
+                if tokens == 3 {
+                    c.decode.kill();
+                }
+            }
+            StreamEvent::Error { kind, .. } => {
+                assert!(tokens >= 3);
+                assert_eq!(kind, pdserve_cluster::protocol::ErrorKind::WorkerLost);
+                break;
+            }
+            StreamEvent::Started { .. } => {}
+        }
+        assert!(Instant::now() < until);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
