@@ -147,6 +147,8 @@ impl TcpKvReceiver {
     }
 
     /// Authorizes one transfer: `blocks` of import `seq`, before `deadline`.
+    /// Call it before handing the ticket to the sender; tickets should be random
+    /// (they are the only thing that ties bytes on the wire to a sequence).
     pub fn expect(&self, ticket: u64, seq: SeqId, blocks: Vec<BlockId>, deadline: Instant) {
         let now = Instant::now();
         let mut t = lock(&self.shared.tickets);
