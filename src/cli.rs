@@ -26,6 +26,8 @@ pub enum Command {
     BenchEngine(BenchEngineArgs),
     /// Measure what the actor path adds to TTFT and per-token latency.
     BenchActors(crate::bench_actors::BenchActorsArgs),
+    /// Measure KV cache transfer between two processes (TCP, NIXL) vs memcpy.
+    BenchKv(crate::bench_kv::BenchKvArgs),
     /// Serve the OpenAI API with every role in this process (the embedded default).
     Serve(crate::cli_serving::ServeArgs),
     /// Run a decode or prefill worker node that joins a cluster through --seed.
@@ -282,7 +284,15 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            vec!["generate", "bench-engine", "bench-actors", "serve", "worker", "frontend"]
+            vec![
+                "generate",
+                "bench-engine",
+                "bench-actors",
+                "bench-kv",
+                "serve",
+                "worker",
+                "frontend"
+            ]
         );
     }
 }

@@ -127,14 +127,31 @@ fn bad_arguments_are_usage_errors() {
 fn serving_commands_reject_bad_settings_before_starting() {
     let home = tempfile::tempdir().unwrap();
     let out = pdserve(
-        &["frontend", "--offline", "--http-port", "0", "--seed", "no-port-here"],
+        &[
+            "frontend",
+            "--offline",
+            "--http-port",
+            "0",
+            "--seed",
+            "no-port-here",
+        ],
         home.path(),
     );
     assert_one_line_error(&out, "invalid seed address \"no-port-here\"");
     let out = pdserve(
-        &["frontend", "--offline", "--http-port", "0", "--router-policy", "fastest"],
+        &[
+            "frontend",
+            "--offline",
+            "--http-port",
+            "0",
+            "--router-policy",
+            "fastest",
+        ],
         home.path(),
     );
     let line = assert_one_line_error(&out, "--router-policy");
-    assert!(line.contains("kv-aware"), "lists the valid policies: {line}");
+    assert!(
+        line.contains("kv-aware"),
+        "lists the valid policies: {line}"
+    );
 }

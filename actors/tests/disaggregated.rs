@@ -16,7 +16,9 @@ use pdserve_actors::policy::routing::RoutingPolicy;
 use pdserve_actors::prefill_queue::QueueMsg;
 use pdserve_actors::prefill_worker::{PrefillArgs, PrefillConfig, PrefillMsg, PrefillWorker};
 use pdserve_actors::router::{Router, RouterArgs, RouterMsg, RouterView};
-use pdserve_cluster::protocol::{GenerateRequest, PrefillLocation, QueueWire, StreamEvent, WorkerLoad};
+use pdserve_cluster::protocol::{
+    GenerateRequest, PrefillLocation, QueueWire, StreamEvent, WorkerLoad,
+};
 use pdserve_cluster::{groups, NodeName, RequestId, Role, WorkerId};
 use pdserve_engine::engine::{Engine, EngineConfig, EngineRequest, FinishReason};
 use pdserve_engine::fixtures::{write_gguf, TinyModelSpec};
@@ -266,13 +268,22 @@ impl Actor for SilentDecode {
     type Msg = DecodeMsg;
     type State = WorkerLoad;
     type Arguments = WorkerLoad;
-    async fn pre_start(&self, me: ActorRef<DecodeMsg>, load: WorkerLoad) -> Result<WorkerLoad, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        me: ActorRef<DecodeMsg>,
+        load: WorkerLoad,
+    ) -> Result<WorkerLoad, ActorProcessingErr> {
         ractor::pg::join(groups::decode_workers(&load.model), vec![me.get_cell()]);
         ractor::pg::join(groups::worker_inbox(&load.worker), vec![me.get_cell()]);
         me.send_interval(Duration::from_millis(100), || DecodeMsg::Tick);
         Ok(load)
     }
-    async fn handle(&self, _: ActorRef<DecodeMsg>, msg: DecodeMsg, load: &mut WorkerLoad) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<DecodeMsg>,
+        msg: DecodeMsg,
+        load: &mut WorkerLoad,
+    ) -> Result<(), ActorProcessingErr> {
         if let DecodeMsg::Tick = msg {
             load.seq += 1;
             broadcast_load(load.clone());
@@ -290,7 +301,10 @@ async fn a_request_on_a_dead_decode_worker_is_routed_again() {
     let mut load = c.view.read().unwrap().serving("reroute")[0].clone();
     load.worker = WorkerId::new(&c.node, Role::Decode, 1);
     let (silent, _) = Actor::spawn(None, SilentDecode, load).await.unwrap();
-    wait_for("both decode workers known", || c.view.read().unwrap().serving("reroute").len() == 2).await;
+    wait_for("both decode workers known", || {
+        c.view.read().unwrap().serving("reroute").len() == 2
+    })
+    .await;
     let killer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
         silent.kill();
@@ -300,8 +314,14 @@ async fn a_request_on_a_dead_decode_worker_is_routed_again() {
     let got = generate(&c, &p, 6).await;
     killer.await.unwrap();
     assert_eq!(got.tokens, alone(&t, &p, 6), "answered by the live worker");
-    assert!(started.elapsed() < Duration::from_secs(5), "re-routed promptly");
-    wait_for("the dead worker is no longer served", || c.view.read().unwrap().serving("reroute").len() == 1).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "re-routed promptly"
+    );
+    wait_for("the dead worker is no longer served", || {
+        c.view.read().unwrap().serving("reroute").len() == 1
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,7 +346,10 @@ async fn a_stream_whose_decode_worker_dies_ends_with_an_error() {
     let mut tokens = 0;
     let until = Instant::now() + Duration::from_secs(20);
     loop {
-        let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         match ev {
             StreamEvent::Tokens { finish, .. } => {
                 assert!(finish.is_none(), "the stream must not finish on its own");
