@@ -10,6 +10,8 @@
 //! - [`Generation::next`] never waits past the deadline: it then fails with
 //!   [`ApiError::Timeout`] (and the drop cancels what is left).
 //! - The admission permit lives exactly as long as the generation.
+//! - The gateway-overhead histogram gets exactly one observation per generation,
+//!   at its response's first body byte ([`Generation::record_first_byte`]).
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -66,12 +68,19 @@ pub struct Generation {
     rxs: Vec<Option<UnboundedReceiver<StreamEvent>>>,
     finished: Vec<bool>,
     last_token: Vec<Option<Instant>>,
-    /// Events read ahead by [`Generation::prime`], replayed first.
-    backlog: VecDeque<(usize, Option<StreamEvent>)>,
+    /// Events read ahead by [`Generation::prime`] with the time each was taken off
+    /// its channel, replayed first.
+    backlog: VecDeque<(usize, Option<StreamEvent>, Instant)>,
     /// Round-robin start, so a busy choice cannot starve the others.
     next_poll: usize,
     deadline: tokio::time::Instant,
     arrived: Instant,
+    /// When the last choice was handed to the backend.
+    submitted: Instant,
+    /// When the event last returned by `prime`/`next` was taken off its channel.
+    last_event_at: Instant,
+    /// The gateway overhead was observed (once per generation).
+    overhead_recorded: bool,
     endpoint: Endpoint,
     outcome: Outcome,
     backend: Arc<dyn ServingBackend>,
@@ -108,6 +117,9 @@ impl Generation {
             next_poll: 0,
             deadline,
             arrived: s.arrived,
+            submitted: s.arrived,
+            last_event_at: s.arrived,
+            overhead_recorded: false,
             endpoint: s.endpoint,
             outcome: Outcome::Running,
             backend,
@@ -151,6 +163,8 @@ impl Generation {
                 .prompt_tokens
                 .add(&[], (prompt.len() * s.n) as f64);
         }
+        g.submitted = Instant::now();
+        g.last_event_at = g.submitted;
         Ok(g)
     }
 
@@ -180,12 +194,14 @@ impl Generation {
                 Ok(Some(item)) => item,
             };
             let (i, ev) = item;
+            let at = Instant::now();
+            self.last_event_at = at;
             seen[i] = true;
             if let Some(StreamEvent::Error { kind, message, .. }) = ev {
                 self.finish_choice(i);
                 return Err(self.fail(ApiError::from_backend(kind, message), "error"));
             }
-            self.backlog.push_back((i, ev));
+            self.backlog.push_back((i, ev, at));
         }
         Ok(())
     }
@@ -203,16 +219,17 @@ impl Generation {
                     let deadline = self.deadline;
                     match tokio::time::timeout_at(deadline, self.poll_channels()).await {
                         Err(_) => return Err(self.fail(ApiError::Timeout, "timeout")),
-                        Ok(item) => item,
+                        Ok(item) => item.map(|(i, ev)| (i, ev, Instant::now())),
                     }
                 }
             };
-            let Some((i, ev)) = item else {
+            let Some((i, ev, at)) = item else {
                 return Err(self.fail(
                     ApiError::internal("every event channel closed before the request finished"),
                     "error",
                 ));
             };
+            self.last_event_at = at;
             match ev {
                 None if self.finished[i] => continue,
                 None => {
@@ -258,6 +275,24 @@ impl Generation {
                 }
             }
         }
+    }
+
+    /// Called when the response's first body byte is handed to hyper (the first SSE
+    /// frame, or the whole JSON body); later calls do nothing. Observes the gateway
+    /// overhead: (handler start → backend submit) + (receipt of the event that
+    /// first byte was made from → now). For a chat stream's role chunk that event is
+    /// the one `prime` waited for. Engine time (submit → event) is not counted;
+    /// the wait of a ready event for this task to be scheduled is not either.
+    pub fn record_first_byte(&mut self, stream: bool) {
+        if self.overhead_recorded {
+            return;
+        }
+        self.overhead_recorded = true;
+        let overhead = self.submitted.duration_since(self.arrived) + self.last_event_at.elapsed();
+        let label = if stream { "true" } else { "false" };
+        self.metrics
+            .gateway_overhead
+            .observe(&[label], overhead.as_secs_f64());
     }
 
     fn finish_choice(&mut self, i: usize) {
@@ -355,5 +390,128 @@ impl Drop for Generation {
             &[self.endpoint.as_str()],
             self.arrived.elapsed().as_secs_f64(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use pdserve_cluster::protocol::{PrefillLocation, WorkerLoad};
+    use pdserve_cluster::WorkerId;
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+
+    use super::*;
+    use crate::backend::{ServedModel, SubmitError};
+    use crate::config::GatewayConfig;
+    use crate::state::AppState;
+
+    /// A backend whose events the test sends by hand, when it chooses.
+    #[derive(Default)]
+    struct Manual {
+        senders: Mutex<Vec<(RequestId, UnboundedSender<StreamEvent>)>>,
+    }
+
+    impl ServingBackend for Manual {
+        fn models(&self) -> Vec<ServedModel> {
+            Vec::new()
+        }
+        fn submit(
+            &self,
+            request: GenerateRequest,
+        ) -> Result<UnboundedReceiver<StreamEvent>, SubmitError> {
+            let (tx, rx) = unbounded_channel();
+            self.senders.lock().expect("lock").push((request.id, tx));
+            Ok(rx)
+        }
+        fn cancel(&self, _id: RequestId) {}
+        fn workers(&self) -> Vec<WorkerLoad> {
+            Vec::new()
+        }
+        fn reply_to(&self) -> String {
+            "test".into()
+        }
+    }
+
+    impl Manual {
+        fn send(&self, ev: impl Fn(RequestId) -> StreamEvent) {
+            for (id, tx) in self.senders.lock().expect("lock").iter() {
+                tx.send(ev(*id)).expect("generation alive");
+            }
+        }
+    }
+
+    fn started(id: RequestId) -> StreamEvent {
+        StreamEvent::Started {
+            id,
+            worker: WorkerId("test/decode/0".into()),
+            prefill: PrefillLocation::Local,
+            prompt_tokens: 3,
+            cached_tokens: 0,
+        }
+    }
+
+    fn last_token(id: RequestId) -> StreamEvent {
+        StreamEvent::Tokens {
+            id,
+            tokens: vec![SampledToken {
+                token: 7,
+                logprob: -0.5,
+                top_logprobs: Vec::new(),
+            }],
+            text: "x".into(),
+            finish: Some(FinishReason::Length),
+        }
+    }
+
+    /// Gateway time before the submit and after the first byte's event counts;
+    /// the engine's time between submit and events does not; one observation.
+    #[tokio::test]
+    async fn gateway_overhead_excludes_engine_time_and_is_observed_once() {
+        let backend = Arc::new(Manual::default());
+        let st = AppState::new(GatewayConfig::default(), backend.clone());
+        let metrics = st.metrics.clone();
+        let permit = st.admit().expect("admitted");
+        // The handler started 200 ms ago (the gateway's own parsing, say).
+        let arrived = Instant::now() - Duration::from_millis(200);
+        let mut gen = Generation::submit(
+            backend.clone(),
+            metrics.clone(),
+            permit,
+            Submission {
+                id: RequestId(1),
+                endpoint: Endpoint::Completions,
+                model: "m",
+                prompts: &[vec![1, 2, 3]],
+                n: 1,
+                params: &SamplingParams::default(),
+                arrived,
+                timeout: Duration::from_secs(30),
+            },
+        )
+        .expect("submitted");
+        // Engine time: 300 ms to start, 300 ms more to the token.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        backend.send(started);
+        gen.prime().await.expect("primed");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        backend.send(last_token);
+        let delta = gen.next().await.expect("no error").expect("a delta");
+        assert_eq!(delta.finish, Some(FinishReason::Length));
+        // The gateway's own work on the response: 50 ms.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gen.record_first_byte(true);
+        gen.record_first_byte(true);
+        let h = &metrics.gateway_overhead;
+        assert_eq!(h.count(&["true"]), 1);
+        assert_eq!(h.count(&["false"]), 0);
+        let v = h.sum(&["true"]);
+        assert!(
+            (0.25..0.45).contains(&v),
+            "overhead {v} s: expected 200 + 50 ms, not the 600 ms of engine time"
+        );
+        assert!(metrics
+            .render(&[], 0)
+            .contains("pdserve_gateway_overhead_seconds_count{stream=\"true\"} 1\n"));
     }
 }

@@ -172,6 +172,7 @@ pub async fn collect(mut gen: Generation, ctx: ResponseContext) -> Result<Respon
         }
     }
     .map_err(|e| ApiError::internal(format!("serialize response: {e}")))?;
+    gen.record_first_byte(false);
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         body,

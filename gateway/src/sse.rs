@@ -7,6 +7,9 @@
 //! then `[DONE]`. A failure after the stream began is a `data: {"error":…}` frame
 //! (the same body as the HTTP error) followed by `[DONE]`.
 //!
+//! The first frame handed to hyper records the gateway overhead
+//! ([`Generation::record_first_byte`]).
+//!
 //! Invariants: the stream owns the [`Generation`]: when the client goes away the
 //! body is dropped, and with it the generation, which cancels the backend
 //! requests; `[DONE]` is always the last frame of a stream that ends.
@@ -166,6 +169,7 @@ impl SseState {
     async fn next_frame(&mut self) -> Option<Bytes> {
         loop {
             if let Some(f) = self.queue.pop_front() {
+                self.gen.record_first_byte(true);
                 return Some(f);
             }
             if self.done {

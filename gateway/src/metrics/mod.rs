@@ -2,6 +2,13 @@
 //! and status, latency histograms, token counts, prefill location, cancellations)
 //! and, at each scrape, the load every worker last reported.
 //!
+//! `pdserve_gateway_overhead_seconds{stream}` is the time the gateway itself spends
+//! on a request, engine time excluded: (handler start → backend submit: body read,
+//! JSON parse, validation, chat template, tokenization, submission) + (receipt of
+//! the backend event a response's first body byte is made from → that byte handed
+//! to hyper: serialization, and for streams the response head). Events are timed
+//! when the gateway takes them off their channel; see `Generation::record_first_byte`.
+//!
 //! Invariants: every name starts with `pdserve_` and carries its unit (`_seconds`,
 //! `_tokens_total`, `_blocks`, `_ratio`, `_requests`); worker gauges are rebuilt from
 //! `ServingBackend::workers()` at each scrape, so a worker that left disappears.
@@ -16,6 +23,13 @@ pub use registry::{Counter, Gauge, Histogram};
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+/// Gateway overhead buckets (seconds): 1-1.5-2-3-5-7 steps from 5 µs to 1 s, fine
+/// enough for p50/p99 read off the buckets.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.000005, 0.000007, 0.00001, 0.000015, 0.00002, 0.00003, 0.00005, 0.00007, 0.0001, 0.00015,
+    0.0002, 0.0003, 0.0005, 0.0007, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.007, 0.01, 0.015, 0.02,
+    0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0,
+];
 const DURATION_BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
@@ -28,6 +42,7 @@ pub struct GatewayMetrics {
     pub duration: Histogram,
     pub ttft: Histogram,
     pub itl: Histogram,
+    pub gateway_overhead: Histogram,
     pub prompt_tokens: Counter,
     pub generation_tokens: Counter,
     pub prefill: Counter,
@@ -77,6 +92,13 @@ impl GatewayMetrics {
                 "Time between consecutive generated tokens of one choice.",
                 &[],
                 LATENCY_BUCKETS,
+            ),
+            gateway_overhead: Histogram::new(
+                "pdserve_gateway_overhead_seconds",
+                "Gateway time per request, engine time excluded: handler start to backend \
+                 submit, plus the first body byte's backend event to that byte.",
+                &["stream"],
+                OVERHEAD_BUCKETS,
             ),
             prompt_tokens: Counter::new(
                 "pdserve_prompt_tokens_total",
@@ -173,6 +195,7 @@ impl GatewayMetrics {
         self.duration.render(&mut out);
         self.ttft.render(&mut out);
         self.itl.render(&mut out);
+        self.gateway_overhead.render(&mut out);
         self.prompt_tokens.render(&mut out);
         self.generation_tokens.render(&mut out);
         self.prefill.render(&mut out);

@@ -231,6 +231,11 @@ impl Histogram {
         lock(&self.series).get(&key(values)).map_or(0, |s| s.count)
     }
 
+    /// Sum of the observations so far for a label set.
+    pub fn sum(&self, values: &[&str]) -> f64 {
+        lock(&self.series).get(&key(values)).map_or(0.0, |s| s.sum)
+    }
+
     pub fn render(&self, out: &mut String) {
         header(out, self.name, self.help, "histogram");
         for (k, s) in lock(&self.series).iter() {
