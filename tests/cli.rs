@@ -3,10 +3,16 @@
 //! on stderr and exit status 1, never a panic. Hermetic: `--offline`, temp files.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Every command here must end on its own; one that is still running after this
+/// long is killed and the test fails (a serving command that starts instead of
+/// refusing its arguments must not hang the suite).
+const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 
 fn pdserve(args: &[&str], home: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pdserve"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pdserve"))
         .args(args)
         .env("HOME", home)
         .env("HF_HUB_OFFLINE", "1")
@@ -16,8 +22,24 @@ fn pdserve(args: &[&str], home: &Path) -> Output {
         .env_remove("PDSERVE_MODELS_DIR")
         .env_remove("PDSERVE_CACHE")
         .env_remove("RUST_LOG")
-        .output()
-        .expect("run pdserve")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run pdserve");
+    let started = Instant::now();
+    while child.try_wait().expect("wait for pdserve").is_none() {
+        if started.elapsed() > COMMAND_LIMIT {
+            child.kill().ok();
+            let out = child.wait_with_output().expect("collect pdserve output");
+            panic!(
+                "pdserve {args:?} still running after {COMMAND_LIMIT:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("collect pdserve output")
 }
 
 /// Asserts a clean one-line failure mentioning `needle`; returns the line.
@@ -119,7 +141,10 @@ fn bad_arguments_are_usage_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let out = pdserve(&["generate"], tmp.path());
     assert_eq!(out.status.code(), Some(2));
-    let out = pdserve(&["serve"], tmp.path());
+    // `serve` has a default for everything, so only a bad flag is a usage error.
+    let out = pdserve(&["serve", "--no-such-flag"], tmp.path());
+    assert_eq!(out.status.code(), Some(2));
+    let out = pdserve(&["serve", "--decode-workers", "many"], tmp.path());
     assert_eq!(out.status.code(), Some(2));
 }
 
