@@ -433,7 +433,7 @@ def check_pdserve(workloads, services):
                     problems.append(f"{where}: the HTTP server must bind 0.0.0.0 (--host or PDSERVE_HOST), "
                                     f"not {hosts[-1] or '127.0.0.1 (the default)'}")
                 port = (arg_values(args, "--http-port") or [(env_entry(c, "PDSERVE_HTTP_PORT") or {}).get("value") or "8000"])[-1]
-                if not port_of(c, int(port)):
+                if not str(port).isdigit() or not port_of(c, int(port)):
                     problems.append(f"{where}: HTTP port {port} is not a container port")
     if len(cookies) > 1:
         problems.append(f"nodes take their cookie from different Secret keys {sorted(cookies)}: they would refuse each other")
