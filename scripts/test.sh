@@ -27,6 +27,8 @@
 #   PDSERVE_SKIP_APT=1  do not check/install Debian packages
 #   PDSERVE_FAIL_FAST=1 stop at the first failing phase
 #   PDSERVE_FETCH_LARGE=1  also fetch the optional large model
+#   PDSERVE_CARGO_TEST_TIMEOUT, PDSERVE_E2E_TIMEOUT  seconds before `cargo test`
+#                       (default 3600) or one end-to-end test (900) is killed
 #
 # End-to-end tests: each tests/e2e/*.py (names starting with "_" are helpers)
 # is one test, run as `$PDSERVE_VENV/bin/python FILE` from the repo root with
@@ -189,7 +191,8 @@ setup_venv() {
 
 run_cargo_tests() {
     local log="$LOGDIR/cargo-test.log" rc
-    cargo test --workspace 2>&1 | tee "$log"
+    # A hung test must fail the phase, not run into CI's limit.
+    timeout --kill-after=30 "${PDSERVE_CARGO_TEST_TIMEOUT:-3600}" cargo test --workspace 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
     # "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out"
     local counts
@@ -214,8 +217,9 @@ run_e2e() {
         echo "--- e2e: ${f#"$ROOT"/}"
         local t0
         t0=$(date +%s)
-        "$PDSERVE_VENV/bin/python" "$f" </dev/null
+        timeout --kill-after=15 "${PDSERVE_E2E_TIMEOUT:-900}" "$PDSERVE_VENV/bin/python" "$f" </dev/null
         rc=$?
+        [ "$rc" = 124 ] && echo "--- e2e: ${f#"$ROOT"/} killed after ${PDSERVE_E2E_TIMEOUT:-900} s"
         local dt=$(($(date +%s) - t0))
         case "$rc" in
             0)
