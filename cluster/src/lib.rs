@@ -10,6 +10,7 @@
 
 pub mod ids;
 pub mod node;
+mod peer_targets;
 pub mod protocol;
 pub mod transport;
 

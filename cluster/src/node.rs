@@ -7,7 +7,9 @@
 //! - every peer address ever seen (seeds and the listen addresses peers announce)
 //!   is kept; a lost or refused connection is retried with exponential backoff
 //!   (100 ms doubling to 5 s), so a node that comes back rejoins without restarting
-//!   anyone;
+//!   anyone; a seed given by name is resolved again on every attempt
+//!   (see `peer_targets.rs`), so a seed that comes back at another address is
+//!   found;
 //! - right after a session is up, the membership actors exchange [`Hello`]; a peer
 //!   with another [`PROTOCOL_VERSION`] is disconnected and logged;
 //! - a session that closes before authenticating (wrong `--cluster-cookie`, or bytes
@@ -25,10 +27,9 @@ use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
 
 use crate::groups;
 use crate::ids::{NodeName, Role};
+use crate::peer_targets::Targets;
 use crate::protocol::{Hello, MemberWire, PROTOCOL_VERSION};
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +159,8 @@ pub enum MemberMsg {
     Session(SessionEvent),
     Connected {
         addr: String,
+        /// The socket address the name resolved to, when it did.
+        resolved: Option<String>,
         ok: Result<(), String>,
     },
     Tick,
@@ -184,33 +187,6 @@ pub enum SessionEvent {
     },
 }
 
-struct Target {
-    next_try: Instant,
-    backoff: Duration,
-    connecting: bool,
-    /// A session with this address is up (authenticated).
-    up: bool,
-    refusals: u32,
-}
-
-impl Target {
-    fn new() -> Target {
-        Target {
-            next_try: Instant::now(),
-            backoff: BACKOFF_MIN,
-            connecting: false,
-            up: false,
-            refusals: 0,
-        }
-    }
-    fn failed(&mut self) {
-        self.up = false;
-        self.connecting = false;
-        self.next_try = Instant::now() + self.backoff;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-    }
-}
-
 struct SessionInfo {
     peer_addr: String,
     outgoing: bool,
@@ -223,7 +199,7 @@ struct SessionInfo {
 struct MemberState {
     server: ActorRef<NodeServerMessage>,
     hello: Hello,
-    targets: BTreeMap<String, Target>,
+    targets: Targets,
     sessions: HashMap<String, SessionInfo>,
     peers: BTreeMap<NodeName, Hello>,
     greeted: HashSet<ractor::ActorId>,
@@ -281,10 +257,10 @@ impl Actor for Membership {
         })?;
         ractor::pg::join(groups::MEMBERS.to_string(), vec![myself.get_cell()]);
         ractor::pg::monitor(groups::MEMBERS.to_string(), myself.get_cell());
-        let mut targets = BTreeMap::new();
+        let mut targets = Targets::default();
         for s in args.seeds {
             if s != args.hello.listen {
-                targets.insert(s, Target::new());
+                targets.add(s);
             }
         }
         myself.send_interval(TICK, || MemberMsg::Tick);
@@ -306,15 +282,12 @@ impl Actor for Membership {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             MemberMsg::Tick => connect_due(&myself, st),
-            MemberMsg::Connected { addr, ok } => {
-                if let Some(t) = st.targets.get_mut(&addr) {
-                    if let Err(e) = ok {
-                        if t.refusals == 0 {
-                            tracing::warn!(peer = %addr, "cannot reach cluster peer: {e}; retrying with backoff");
-                        }
-                        t.refusals += 1;
-                        t.failed();
-                    }
+            MemberMsg::Connected { addr, resolved, ok } => {
+                let first_failure =
+                    st.targets
+                        .attempt_ended(&addr, resolved, ok.is_ok(), Instant::now());
+                if let (true, Err(e)) = (first_failure, ok) {
+                    tracing::warn!(peer = %addr, "cannot reach cluster peer: {e}; retrying with backoff");
                 }
             }
             MemberMsg::Session(ev) => on_session(st, ev),
@@ -361,29 +334,45 @@ impl Actor for Membership {
 }
 
 fn connect_due(myself: &ActorRef<MemberMsg>, st: &mut MemberState) {
-    let now = Instant::now();
-    for (addr, t) in st.targets.iter_mut() {
-        if t.up || t.connecting || now < t.next_try {
-            continue;
-        }
-        t.connecting = true;
+    for addr in st.targets.start_due(Instant::now()) {
         let server = st.server.clone();
         let me = myself.clone();
-        let addr = addr.clone();
         tokio::spawn(async move {
-            let ok = match tokio::time::timeout(
-                Duration::from_secs(2),
-                ractor_cluster::client_connect(&server, addr.as_str()),
-            )
-            .await
-            {
+            let (resolved, ok) = connect(&server, &addr).await;
+            let _ = me.cast(MemberMsg::Connected { addr, resolved, ok });
+        });
+    }
+}
+
+/// Resolves `addr` (a name is looked up again on every attempt) and opens a
+/// session to the first of its addresses that accepts; bounded in time.
+/// Returns the address connected to (or last tried) and the outcome.
+async fn connect(
+    server: &ActorRef<NodeServerMessage>,
+    addr: &str,
+) -> (Option<String>, Result<(), String>) {
+    const LIMIT: Duration = Duration::from_secs(2);
+    let socks: Vec<SocketAddr> =
+        match tokio::time::timeout(LIMIT, tokio::net::lookup_host(addr)).await {
+            Ok(Ok(addrs)) => addrs.collect(),
+            Ok(Err(e)) => return (None, Err(format!("cannot resolve {addr}: {e}"))),
+            Err(_) => return (None, Err(format!("resolving {addr} timed out"))),
+        };
+    let mut outcome = (None, Err(format!("{addr} resolves to no address")));
+    for sock in socks {
+        let ok =
+            match tokio::time::timeout(LIMIT, ractor_cluster::client_connect(server, sock)).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(format!("{e:?}")),
                 Err(_) => Err("connect timed out".to_string()),
             };
-            let _ = me.cast(MemberMsg::Connected { addr, ok });
-        });
+        let done = ok.is_ok();
+        outcome = (Some(sock.to_string()), ok);
+        if done {
+            break;
+        }
     }
+    outcome
 }
 
 fn on_session(st: &mut MemberState, ev: SessionEvent) {
@@ -419,20 +408,12 @@ fn on_session(st: &mut MemberState, ev: SessionEvent) {
                 s.peer_name = Some(name);
                 s.connection_string = Some(conn.clone());
                 if conn != st.hello.listen {
-                    let t = st.targets.entry(conn).or_insert_with(Target::new);
-                    t.up = true;
-                    t.connecting = false;
-                    t.backoff = BACKOFF_MIN;
-                    t.refusals = 0;
+                    st.targets.add(conn.clone());
+                    st.targets.session_up(&conn);
                 }
             }
             if s.outgoing {
-                let addr = s.peer_addr.clone();
-                if let Some(t) = st.targets.get_mut(&addr) {
-                    t.up = true;
-                    t.connecting = false;
-                    t.backoff = BACKOFF_MIN;
-                }
+                st.targets.session_up(&s.peer_addr);
             }
         }
         SessionEvent::Closed { session } => {
@@ -464,10 +445,8 @@ fn on_session(st: &mut MemberState, ev: SessionEvent) {
                     .sessions
                     .values()
                     .any(|o| o.authenticated && o.connection_string.as_deref() == Some(&addr));
-                if let Some(t) = st.targets.get_mut(&addr) {
-                    if !still_up {
-                        t.failed();
-                    }
+                if !still_up {
+                    st.targets.session_lost(&addr, Instant::now());
                 }
             }
         }
@@ -492,11 +471,7 @@ async fn on_hello(st: &mut MemberState, h: Hello) {
         return;
     }
     if h.listen != st.hello.listen {
-        st.targets.entry(h.listen.clone()).or_insert_with(|| {
-            let mut t = Target::new();
-            t.up = true;
-            t
-        });
+        st.targets.add_up(h.listen.clone());
     }
     st.peers.insert(h.node.clone(), h);
 }

@@ -35,8 +35,10 @@ decode = Proc("decode", ["worker", "--role", "decode", "--cluster-listen", "127.
 
 
 def start_prefill(name):
+    # The prefill worker joins through the seed's name, as pods do through a
+    # Service name: the node resolves it itself (every address it resolves to).
     return Proc(name, ["worker", "--role", "prefill", "--cluster-listen", "127.0.0.1:0",
-                       "--seed", seed] + common, env)
+                       "--seed", f"localhost:{seed_port}"] + common, env)
 
 
 prefill = start_prefill("prefill")
