@@ -333,6 +333,13 @@ impl Actor for DecodeWorker {
     }
 }
 
+/// The span of one request on this node: its id is the one the gateway made and
+/// every cluster message of the request carries, so one request's log lines on
+/// frontend, decode and prefill nodes share it.
+fn request_span(id: RequestId) -> tracing::Span {
+    tracing::info_span!("request", id = %id)
+}
+
 fn unix_to_instant(ms: u64) -> Option<Instant> {
     if ms == 0 {
         return None;
@@ -398,6 +405,7 @@ impl DecodeState {
                 params: req.params.clone(),
             },
             remote,
+            span: request_span(id),
         });
         self.reqs.insert(
             id,
@@ -642,6 +650,7 @@ impl DecodeState {
                 params: r.params.clone(),
             },
             remote: None,
+            span: request_span(id),
         });
     }
 

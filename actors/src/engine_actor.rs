@@ -42,6 +42,8 @@ pub enum EngineCmd {
     Admit {
         req: EngineRequest,
         remote: Option<RemoteOption>,
+        /// The request's span (its cluster-wide id): the decision is logged in it.
+        span: tracing::Span,
     },
     /// Prefill only (prefill worker): compute the prompt and first token, keep the KV.
     PrefillOnly {
@@ -318,7 +320,10 @@ impl Loop {
     /// Applies one command; false on `Stop`.
     fn apply(&mut self, cmd: EngineCmd) -> bool {
         match cmd {
-            EngineCmd::Admit { req, remote } => self.admit(req, remote),
+            EngineCmd::Admit { req, remote, span } => {
+                let _in_request = span.enter();
+                self.admit(req, remote)
+            }
             EngineCmd::PrefillOnly { req } => {
                 let seq = req.id;
                 match self.engine.add_prefill_only(req) {
@@ -392,7 +397,16 @@ impl Loop {
                     live_prefill_workers: r.live_prefill_workers,
                 };
                 let decision = prefill_decision(&input);
-                tracing::debug!(%seq, ?decision, ?input, "prefill decision");
+                tracing::debug!(
+                    %seq,
+                    prompt_tokens,
+                    cached_tokens,
+                    queue_depth = r.prefill_queue_len,
+                    live_prefill_workers = r.live_prefill_workers,
+                    path = ?decision.location(),
+                    ?decision,
+                    "prefill decision"
+                );
                 decision.location()
             }
             None => PrefillLocation::Local,
