@@ -306,6 +306,12 @@ class Cluster:
         wait_until(f"frontend lists {names}",
                    lambda: all(self.worker_label(n) for n in names), timeout, self.procs())
 
+    def reported_model(self):
+        """The model name in the workers' metrics labels (read without asking the
+        frontend for its models)."""
+        smp = select(samples(self.base), "pdserve_worker_kv_total_blocks", {"role": "decode"})
+        return smp[0][0]["model"] if smp else None
+
     def wait_ready(self, timeout=180):
         """Waits for /health and every started worker in the frontend's metrics;
         returns the model name."""
