@@ -16,7 +16,8 @@ decode worker (`pdserve worker --role decode`, with a fixed --kv-listen port).
    - slowloris: headers that never end, and an idle connection, are closed by the
      header timeout (30 s); a body that stops mid-way must not hold the connection
      forever; a body that trickles in but completes is served.
-   Afterwards: the server answers a normal chat completion, never answered 5xx.
+   Afterwards: the server answers a normal chat completion (also with 300 idle
+   connections open), and answered no request of the corpus with a 5xx.
 2. Cluster ports (seeded RNG): random bytes, random length-prefixed frames,
    truncated frames, absurd length prefixes and stalled connections to the decode
    worker's cluster port and the frontend's; bad preambles and headers to the
@@ -29,6 +30,7 @@ Usage: python tests/e2e/test_bad_input.py [--seed S] [--only NAME_SUBSTRING]
 import argparse
 import json
 import random
+import socket
 import struct
 import sys
 import threading
@@ -384,12 +386,12 @@ def fuzz_port(port, blobs, what):
 
 
 def stalled(port, blobs):
-    """Opens one connection per blob, sends it, and keeps them all open."""
-    import socket
+    """Opens one connection per blob, sends it (if any), and keeps them all open."""
     socks = []
     for b in blobs:
         s = socket.create_connection(("127.0.0.1", port), timeout=5)
-        s.sendall(b)
+        if b:
+            s.sendall(b)
         socks.append(s)
     return socks
 
@@ -475,6 +477,10 @@ def main():
     if not health_ok(c.base):
         failures.append("/health is not 200 after the corpus")
     failures += check_serving(c, model, "after the HTTP corpus")
+    idle = stalled(HTTP_PORT, [b""] * 300)
+    failures += check_serving(c, model, "with 300 idle connections open")
+    for s in idle:
+        s.close()
     smp = samples(c.base)
     if server_errors(smp) != errors_before:
         five = [f"{ls} {v:g}" for ls, v in select(smp, "pdserve_http_requests_total")
