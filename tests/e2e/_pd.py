@@ -211,6 +211,8 @@ def wait_idle(base, timeout, procs=()):
     """Waits until every KV block is free and nothing is in flight or queued; the
     workers report their load periodically, so this may take a moment. Fails with
     what stayed busy."""
+    if not select(samples(base), "pdserve_worker_kv_total_blocks"):
+        fail("no worker gauges in /metrics: nothing to check for idleness", procs)
     deadline = time.time() + timeout
     busy = None
     while time.time() < deadline:

@@ -23,6 +23,7 @@ Usage: python tests/e2e/test_load.py [--requests N] [--clients N] [--seed S]
 import argparse
 import random
 import sys
+import threading
 import time
 
 from _oai import mixed_body, percentile, problems, run_pool, tally
@@ -61,6 +62,36 @@ def check_metrics(before, after, results, procs):
         fail("/metrics disagrees with the replies:\n  " + "\n  ".join(bad), procs)
 
 
+class Peaks:
+    """Samples /metrics every second during the load: the highest in-flight count
+    and KV blocks used (so that "back to 0" afterwards means something)."""
+
+    def __init__(self, base):
+        self.base = base
+        self.inflight = self.kv_used = self.kv_total = 0.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.wait(1.0):
+            try:
+                smp = samples(self.base)
+            except Exception:
+                continue
+            used = sum(v for _, v in select(smp, "pdserve_worker_kv_used_blocks"))
+            self.kv_used = max(self.kv_used, used)
+            self.kv_total = sum(v for _, v in select(smp, "pdserve_worker_kv_total_blocks"))
+            self.inflight = max(self.inflight,
+                                sum(v for _, v in select(smp, "pdserve_requests_inflight")))
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join(10)
+        print(f"peak during the load: {self.inflight:g} requests in flight, "
+              f"{self.kv_used:g} of {self.kv_total:g} KV blocks used")
+
+
 def summary(results, wall):
     lat = [r.latency for _, r in results]
     toks = sum((r.usage or {}).get("completion_tokens", 0) for _, r in results)
@@ -85,10 +116,14 @@ def main():
     rng = random.Random(args.seed)
     bodies = [mixed_body(rng, model, i) for i in range(args.requests)]
     before = counters(base)
+    peaks = Peaks(base)
     t0 = time.monotonic()
     results = run_pool(base, bodies, args.clients, args.deadline)
     wall = time.monotonic() - t0
+    peaks.finish()
     summary(results, wall)
+    if peaks.inflight < 1 or peaks.kv_used < 1:
+        fail("the in-flight and KV gauges never moved during the load", [proc])
     bad = [(b, r, p) for b, r in results for p in [problems(b, r)] if p]
     for b, r, p in bad[:10]:
         print(f"  {'; '.join(p)}\n    request: {str(b)[:200]}")
