@@ -20,6 +20,9 @@ Scenarios (run in this order by default; name some to run only those):
                  remote prefill counter grows again and requests run on the
                  restarted decode worker (its pdserve_worker_running_requests > 0).
 
+After the first three, prompts answered before the fault are sent again: greedy
+answers must be identical (no fault left wrong KV data in a prefix cache).
+
 Before them: the first request, sent once every worker shows in /metrics (and
 before anything asked the frontend for its models), must be served.
 
@@ -126,7 +129,7 @@ def p50(xs):
     return f"{percentile(xs, 0.5):.1f} s" if xs else "n/a"
 
 
-def report(name, results, t_fault):
+def report(name, results, t_fault, event="the fault"):
     """Prints the scenario's line; checks that nothing hung or broke."""
     t = tally(results)
     failed = t["http_error"] + t["stream_error"]
@@ -135,10 +138,12 @@ def report(name, results, t_fault):
     after = [r.latency for _, r in results if r.kind == "ok" and r.started >= t_fault]
     print(f"[{name}] requests {len(results)}: completed {t['ok']}, failed {failed}, "
           f"broken {t['broken']}, hung {t['hung']}; served normally again "
-          f"{'%.1f s' % served if served is not None else 'never (in the window)'} after the "
-          f"fault (first request sent after it completed); the {n_during} in flight at the "
-          f"fault settled within {settled:.1f} s; latency p50 {p50(before)} before, "
-          f"{p50(after)} after ({n_after} sent)", flush=True)
+          f"{'%.1f s' % served if served is not None else 'never (in the window)'} after "
+          f"{event} (first request sent after it completed)"
+          + (f"; the {n_during} in flight at {event} settled within {settled:.1f} s"
+             if n_during else "")
+          + f"; latency p50 {p50(before)} before, {p50(after)} after ({n_after} sent)",
+          flush=True)
     for b, r in results:
         if r.kind in ("broken", "hung"):
             print(f"    {r.describe()}")
@@ -153,6 +158,23 @@ def all_complete(name, results):
     for _, _, p in bad[:5]:
         print(f"    {'; '.join(p)}")
     check(not bad, f"{name}: {len(bad)} of {len(results)} requests did not complete")
+
+
+def replay(name, c, results, t_fault, n=4):
+    """Sends again (concurrently) the prompts of up to n requests that completed
+    before the fault: under greedy decoding each must give the same text — whether
+    it now hits the prefix cache, lands on another worker, or is prefilled
+    elsewhere — so no fault left wrong KV data behind."""
+    ref = [(b, r) for b, r in results if r.kind == "ok" and r.ended < t_fault][:n]
+    again = run_pool(c.base, [b for b, _ in ref], len(ref) or 1, DEADLINE_S)
+    same = 0
+    for (b, r), (_, r2) in zip(ref, again):
+        ok = r2.kind == "ok" and r2.choices.get(0) and r2.choices[0].text == r.choices[0].text
+        same += bool(ok)
+        check(ok, f"{name}: the same greedy prompt gave another answer after the fault: "
+                  f"{r.choices[0].text[:60]!r} then "
+                  f"{(r2.choices.get(0).text if r2.choices.get(0) else r2.describe())[:60]!r}")
+    print(f"    replayed {len(ref)} greedy prompts from before the fault: {same} identical")
 
 
 def prefill_holding_work(c):
@@ -196,6 +218,7 @@ def stop_prefill(c, model):
     results = load.stop(c.procs())
     report("stop-prefill", results, t_fault)
     all_complete("stop-prefill", results)
+    replay("stop-prefill", c, results, t_fault)
     check(remote_grows(c, model, 60),
           "stop-prefill: after SIGCONT the prefill worker took no remote prefill in 60 s")
 
@@ -211,6 +234,7 @@ def kill_prefill(c, model):
     results = load.stop(c.procs())
     report("kill-prefill", results, t_fault)
     all_complete("kill-prefill", results)
+    replay("kill-prefill", c, results, t_fault)
 
 
 def decode_running(c, name):
@@ -243,6 +267,7 @@ def kill_decode(c, model):
             check(r.started < t_fault, f"kill-decode: a request sent after the fault failed: "
                                        f"{r.describe()}")
     print(f"    failed ones: {t['stream_error']} error frames, {t['http_error']} error statuses")
+    replay("kill-decode", c, results, t_fault)
     check(wait_for(lambda: label not in per_worker(c.base, "pdserve_worker_kv_total_blocks"), 10),
           f"kill-decode: the lost worker {label} is still in /metrics 10 s later")
 
@@ -264,7 +289,7 @@ def restart(c, model):
 
     took = wait_for(busy, 90, step=0.1)
     results = load.stop(c.procs())
-    report("restart", results, t0)
+    report("restart", results, t0, "the restart")
     all_complete("restart", results)
     print(f"    rejoined {rejoin:.1f} s after start; remote prefills {old:g} -> "
           f"{c.remote_prefills():g}; peak running on the restarted {label}: {peak['running']:g}")
