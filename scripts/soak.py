@@ -154,6 +154,7 @@ def run(args):
     if not proc.alive():
         problems_found.append(f"the server exited ({proc.p.returncode})")
     if problems_found:
+        _pd._keep_logs.append("soak")
         print(f"VERDICT: FAIL ({'; '.join(problems_found)})\n--- server log:\n{proc.tail(20)}")
         return 1
     print("VERDICT: PASS")

@@ -1,12 +1,14 @@
 """Helpers of the end-to-end tests: start real pdserve processes on loopback (one
 `serve`, or a frontend + workers cluster), wait for them, talk HTTP, read /metrics.
 Every wait is bounded; every process started is killed at exit (normal exit,
-SIGTERM/SIGINT, or the test's own watchdog). The OpenAI client side (requests,
+SIGTERM/SIGINT, or the test's own watchdog); the processes' logs (LOG_DIR) are
+removed after a pass and kept after a failure. The OpenAI client side (requests,
 streams, completeness checks) is in _oai.py."""
 
 import atexit
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,6 +75,22 @@ class Proc:
         return "\n".join(self.text().splitlines()[-n:])
 
 
+_keep_logs = []  # non-empty once something failed: LOG_DIR stays for a look
+
+
+def _excepthook(kind, value, tb):
+    _keep_logs.append(kind.__name__)
+    sys.__excepthook__(kind, value, tb)
+
+
+sys.excepthook = _excepthook
+
+
+def _remove_logs():
+    if not _keep_logs:
+        shutil.rmtree(LOG_DIR, ignore_errors=True)
+
+
 def _cleanup():
     for p in _procs:
         if p.alive():
@@ -85,6 +103,7 @@ def _cleanup():
                 pass
 
 
+atexit.register(_remove_logs)  # runs after _cleanup (atexit is last in, first out)
 atexit.register(_cleanup)
 
 
@@ -103,7 +122,8 @@ def watchdog(seconds, what="the test"):
     stall the suite."""
 
     def on_alarm(_signum, _frame):
-        print(f"FAIL: {what} ran past its {seconds} s budget", flush=True)
+        _keep_logs.append(what)
+        print(f"FAIL: {what} ran past its {seconds} s budget (logs in {LOG_DIR})", flush=True)
         for p in _procs:
             print(f"--- log of {p.name} ({p.log_path}):\n{p.tail(20)}", flush=True)
         _cleanup()
@@ -114,6 +134,7 @@ def watchdog(seconds, what="the test"):
 
 
 def fail(msg, procs=()):
+    _keep_logs.append(msg)
     print(f"FAIL: {msg}")
     for p in procs:
         print(f"--- log of {p.name} ({p.log_path}):\n{p.tail()}")
