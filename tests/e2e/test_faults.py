@@ -2,7 +2,7 @@
 (decode-0, decode-1) and one prefill worker, joined by --seed on loopback, with
 --max-local-prefill-length 32 (long prompts are prefilled remotely) and
 --remote-prefill-timeout-s 5. Load: concurrent streaming chat clients, each prompt
-long (~150 tokens) and unique (no prefix-cache hits), ignore_eos + logprobs so
+long (~180 tokens) and unique (no prefix-cache hits), ignore_eos + logprobs so
 every reply's token count is known exactly.
 
 Scenarios (run in this order by default; name some to run only those):
@@ -13,12 +13,13 @@ Scenarios (run in this order by default; name some to run only those):
                  completes (decode prefills locally).
   kill-decode    SIGKILL decode-1 while it streams: requests not yet streaming are
                  routed again and complete; those streaming from it end with an
-                 error frame then [DONE] (or an error status); none hangs or breaks;
-                 requests sent after the fault all complete; the lost worker leaves
-                 the frontend's /metrics.
-  restart        start the killed workers again (same addresses): they rejoin, the
-                 remote prefill counter grows again and requests run on the
-                 restarted decode worker (its pdserve_worker_running_requests > 0).
+                 error frame then [DONE] (or an error status), service_unavailable;
+                 none hangs or breaks; requests sent 2 s after the fault or later all
+                 complete; the lost worker leaves the frontend's /metrics.
+  restart        start the killed workers again (same addresses; run alone, it kills
+                 them first): they rejoin, the remote prefill counter grows again
+                 and requests run on the restarted decode worker (its
+                 pdserve_worker_running_requests > 0 at some scrape).
 
 After the first three, prompts answered before the fault are sent again: greedy
 answers must be identical (no fault left wrong KV data in a prefix cache).
