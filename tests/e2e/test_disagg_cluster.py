@@ -9,44 +9,25 @@ joined by --seed, serving the default model:
 """
 
 import concurrent.futures as cf
-import os
 import time
 
-from _pd import (
-    Proc, chat, fail, free_port, health_ok, long_prompt, metric, models, require_binary,
-    wait_until,
-)
+from _pd import Cluster, chat, fail, long_prompt, metric, require_binary, wait_until, watchdog
 
 require_binary()
+watchdog(900, "test_disagg_cluster")
 
 cookie = "e2e-secret"
-env = {"PDSERVE_CLUSTER_COOKIE": cookie}
-seed_port = free_port()
-http = free_port()
-base = f"http://127.0.0.1:{http}"
-seed = f"127.0.0.1:{seed_port}"
-common = ["--model", "default", "--offline", "--max-local-prefill-length", "32",
-          "--kv-cache-mb", "128"]
-
-front = Proc("frontend", ["frontend", "--http-port", str(http), "--cluster-listen", seed,
-                          "--offline"], env)
-decode = Proc("decode", ["worker", "--role", "decode", "--cluster-listen", "127.0.0.1:0",
-                         "--seed", seed] + common, env)
-
-
-def start_prefill(name):
-    # The prefill worker joins through the seed's name, as pods do through a
-    # Service name: the node resolves it itself (every address it resolves to).
-    return Proc(name, ["worker", "--role", "prefill", "--cluster-listen", "127.0.0.1:0",
-                       "--seed", f"localhost:{seed_port}"] + common, env)
-
-
-prefill = start_prefill("prefill")
+c = Cluster(worker_args=["--max-local-prefill-length", "32", "--kv-cache-mb", "128"],
+            cookie=cookie)
+base = c.base
+front = c.front
+decode = c.start_worker("decode", "decode")
+# The prefill worker joins through the seed's name, as pods do through a Service
+# name: the node resolves it itself, on every attempt, trying each address.
+seed_by_name = "localhost:" + c.seed.rsplit(":", 1)[1]
+prefill = c.start_worker("prefill", "prefill", seed=seed_by_name)
 procs = [front, decode, prefill]
-
-wait_until("frontend /health 200", lambda: health_ok(base), 180, procs)
-wait_until("model listed", lambda: len(models(base)) == 1, 60, procs)
-model = models(base)[0]
+model = c.wait_ready(180)
 print(f"serving {model!r}")
 
 # Short prompt: local prefill on the decode worker.
@@ -57,8 +38,7 @@ if metric(base, "pdserve_prefill_total", {"location": "local"}) < 1:
     fail("short prompt was not counted as a local prefill", procs)
 
 # 1. Long prompt: remote prefill (wait until the prefill worker is known).
-def remote_count():
-    return metric(base, "pdserve_prefill_total", {"location": "remote"})
+remote_count = c.remote_prefills
 
 deadline = time.time() + 60
 k = 0
@@ -85,14 +65,14 @@ bad = [(r.status_code, r.text[:200]) for r in results if r.status_code != 200]
 if bad:
     fail(f"{len(bad)} of {N} requests failed after the prefill worker was killed: {bad}", procs)
 for r in results:
-    c = r.json()["choices"][0]
-    if c["finish_reason"] not in ("stop", "length") or r.json()["usage"]["completion_tokens"] < 1:
+    ch = r.json()["choices"][0]
+    if ch["finish_reason"] not in ("stop", "length") or r.json()["usage"]["completion_tokens"] < 1:
         fail(f"incomplete answer after prefill death: {r.text[:300]}", procs)
 print(f"all {N} requests completed after SIGKILL of the prefill worker")
 
 # 3. A restarted prefill worker rejoins and takes work again.
 before = remote_count()
-prefill2 = start_prefill("prefill-restarted")
+prefill2 = c.start_worker("prefill", "prefill", seed=seed_by_name)
 procs = [front, decode, prefill2]
 deadline = time.time() + 90
 k = 100
@@ -106,8 +86,7 @@ while remote_count() <= before:
 print("restarted prefill worker took work:", remote_count())
 
 # 4. Wrong cookie: refused, logged on both sides.
-intruder = Proc("intruder", ["worker", "--role", "prefill", "--cluster-listen", "127.0.0.1:0",
-                             "--seed", seed] + common, {"PDSERVE_CLUSTER_COOKIE": "wrong"})
+intruder = c.start_worker("intruder", "prefill", env={"PDSERVE_CLUSTER_COOKIE": "wrong"})
 wait_until("intruder logs the refusal",
            lambda: "refused before authentication" in intruder.text(), 60, [front, intruder])
 wait_until("frontend logs the refusal",
