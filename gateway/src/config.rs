@@ -46,7 +46,8 @@ pub struct GatewayConfig {
     /// Per-request deadline, from arrival to the last token.
     #[serde(with = "secs")]
     pub request_timeout: Duration,
-    /// Time a client has to send a request's headers on a connection.
+    /// Time a client has to send a request's headers on a connection, and then
+    /// (separately) its whole body; a stalled body gets 408.
     #[serde(with = "secs")]
     pub header_timeout: Duration,
     /// On shutdown: how long in-flight requests may take to finish before the

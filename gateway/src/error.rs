@@ -42,6 +42,9 @@ pub enum ApiError {
     MethodNotAllowed { method: String, path: String },
     #[error("request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The client did not send the whole body in time.
+    #[error("the request body did not arrive within {secs} s")]
+    BodyTimeout { secs: u64 },
     /// The gateway's admission limit (`max_inflight`) is reached.
     #[error("too many requests in flight (limit {limit}); retry later")]
     TooManyRequests { limit: usize },
@@ -103,6 +106,7 @@ impl ApiError {
             }
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -130,6 +134,7 @@ impl ApiError {
             }
             ApiError::Unavailable { .. } => ("service_unavailable", Some("service_unavailable")),
             ApiError::Timeout => ("timeout_error", Some("timeout")),
+            ApiError::BodyTimeout { .. } => ("invalid_request_error", Some("body_timeout")),
             ApiError::Internal { .. } => ("server_error", None),
         }
     }

@@ -11,7 +11,7 @@
 //! no backend request; one that fails after is cancelled by its `Generation`'s drop.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -70,7 +70,7 @@ async fn run_generation(
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     st.refuse_if_draining()?;
-    let bytes = read_body(body, st.config.max_body_bytes).await?;
+    let bytes = read_body(body, st.config.max_body_bytes, st.config.header_timeout).await?;
     let schema = match endpoint {
         Endpoint::Chat => "ChatCompletionRequest",
         Endpoint::Completions => "CompletionRequest",
@@ -140,8 +140,16 @@ async fn run_generation(
 }
 
 /// The whole body, or 413 past `limit` bytes.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(body, limit).collect().await {
+/// Reads the whole body: at most `limit` bytes (413), within `within` (408 — a
+/// client that stalls mid-body must not hold its connection and task forever).
+async fn read_body(body: Body, limit: usize, within: Duration) -> Result<Bytes, ApiError> {
+    let read = tokio::time::timeout(within, Limited::new(body, limit).collect());
+    let Ok(result) = read.await else {
+        return Err(ApiError::BodyTimeout {
+            secs: within.as_secs(),
+        });
+    };
+    match result {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Err(ApiError::PayloadTooLarge { limit })
