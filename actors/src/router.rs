@@ -29,6 +29,9 @@ use crate::policy::routing::{choose_worker, RoutingPolicy, WorkerView};
 
 /// A worker that has not reported for this long is not chosen.
 pub const STALE_AFTER: Duration = Duration::from_millis(1000);
+/// A worker that is not alive and has not reported for this long is forgotten
+/// (it leaves `/metrics`; a restarted worker comes back under a new id).
+pub const FORGET_AFTER: Duration = Duration::from_secs(5);
 /// A request is routed at most this many times (first try included).
 const MAX_ROUTES: u32 = 3;
 
@@ -57,6 +60,21 @@ impl RouterView {
             .get(w)
             .is_some_and(|(_, at)| now.duration_since(*at) < STALE_AFTER)
             && !ractor::pg::get_members(&groups::worker_inbox(w)).is_empty()
+    }
+    /// Drops workers that are gone and have not reported for [`FORGET_AFTER`];
+    /// returns how many.
+    fn forget_gone(&mut self, now: Instant) -> usize {
+        let gone: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(w, (_, at))| now.duration_since(*at) >= FORGET_AFTER && !self.alive(w, now))
+            .map(|(w, _)| w.clone())
+            .collect();
+        for w in &gone {
+            self.workers.remove(w);
+            tracing::info!(worker = %w.0, "worker gone; forgotten");
+        }
+        gone.len()
     }
     /// Live, non-draining decode workers of `model`.
     pub fn serving(&self, model: &str) -> Vec<&WorkerLoad> {
@@ -302,6 +320,9 @@ impl RouterState {
         for id in left {
             self.cancel(id);
         }
+        if let Ok(mut view) = self.view.write() {
+            view.forget_gone(now);
+        }
         for id in lost {
             let Some(inf) = self.inflight.get_mut(&id) else {
                 continue;
@@ -329,4 +350,50 @@ pub fn prompt_block_hashes(tokens: &[u32], block_size: usize) -> Vec<u128> {
         .into_iter()
         .map(|h| h.0)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(id: &str) -> WorkerLoad {
+        WorkerLoad {
+            worker: WorkerId(id.to_string()),
+            role: Role::Decode,
+            model: "m".to_string(),
+            model_spec: "m".to_string(),
+            max_model_len: 4096,
+            block_size: 16,
+            free_blocks: 10,
+            total_blocks: 10,
+            running: 0,
+            waiting: 0,
+            prefill_queue_depth: 0,
+            draining: false,
+            remote_prefills: 0,
+            prefill_fallbacks: 0,
+            cached_blocks: Vec::new(),
+            seq: 1,
+        }
+    }
+
+    #[test]
+    fn gone_workers_are_forgotten_only_after_their_grace() {
+        // Neither worker has an inbox group in this process: both are not alive.
+        let now = Instant::now();
+        let mut view = RouterView::default();
+        view.workers
+            .insert(WorkerId("old".into()), (report("old"), now));
+        view.workers
+            .insert(WorkerId("recent".into()), (report("recent"), now));
+        assert_eq!(view.forget_gone(now + FORGET_AFTER / 2), 0);
+        view.workers.get_mut(&WorkerId("recent".into())).unwrap().1 = now + FORGET_AFTER;
+        assert_eq!(view.forget_gone(now + FORGET_AFTER), 1);
+        assert!(view.workers.contains_key(&WorkerId("recent".into())));
+        assert!(!view.workers.contains_key(&WorkerId("old".into())));
+        assert!(
+            view.models().is_empty(),
+            "a worker without inbox is not served"
+        );
+    }
 }
