@@ -4,7 +4,9 @@
 //! Tokenizers: a `serve` process hands over its engines' tokenizer; a frontend
 //! loads each model's tokenizer the first time a worker reports that model, from
 //! the `--model` the worker was given (same machine or shared filesystem), on a
-//! background thread; the model is listed once its tokenizer is ready.
+//! background thread; the model is listed once its tokenizer is ready. A frontend
+//! looks at the workers' reports every [`WARMUP_PERIOD`] so that this load starts
+//! when the worker appears, not when the first client asks (which got a 503).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -70,6 +72,24 @@ impl ActorBackend {
         }
         None
     }
+}
+
+/// How often a frontend checks for models whose tokenizer is not loaded yet.
+pub const WARMUP_PERIOD: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Starts loading each reported model's tokenizer as soon as a worker reports it
+/// (a tokio task for as long as the backend lives).
+pub fn spawn_tokenizer_warmup(backend: &Arc<ActorBackend>) {
+    let weak = Arc::downgrade(backend);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(WARMUP_PERIOD);
+        loop {
+            tick.tick().await;
+            let Some(b) = weak.upgrade() else { break };
+            // Listing the models loads (in the background) what is missing.
+            let _ = b.models();
+        }
+    });
 }
 
 impl ServingBackend for ActorBackend {

@@ -362,6 +362,7 @@ pub fn run_frontend(args: &FrontendArgs) -> Result<()> {
             Vec::new(),
             !args.offline,
         ));
+        backend::spawn_tokenizer_warmup(&backend);
         eprintln!("pdserve frontend: cluster address {}", node.listen);
         let served = gateway_actor::run(gw, backend, shutdown_signal()).await;
         router.stop(None);
