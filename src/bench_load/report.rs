@@ -96,10 +96,14 @@ pub fn table(c: &RunConfig, s: &Summary) -> String {
         "pdserve bench: {} {} ({}), model {}, {load}",
         c.url, c.endpoint, c.prompts, c.model
     );
+    let input = match c.dataset {
+        Some(_) => "input from the dataset".to_string(),
+        None => format!("input {} tokens", c.input_len),
+    };
     let _ = writeln!(
         o,
-        "requests {}: completed {}, failed {}; input {} tokens, output {} tokens, prefix {}",
-        s.requests, s.completed, s.failed, c.input_len, c.output_len, c.prefix_len
+        "requests {}: completed {}, failed {}; {input}, output {} tokens, prefix {}",
+        s.requests, s.completed, s.failed, c.output_len, c.prefix_len
     );
     let _ = writeln!(o, "duration            {:>10.2} s", s.duration_s);
     let _ = writeln!(
