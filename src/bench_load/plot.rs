@@ -122,6 +122,7 @@ fn draw_with(path: &Path, records: &[RequestRecord], text: bool) -> Result<bool>
             .configure_mesh()
             .x_desc("request start (s)")
             .y_desc("latency (ms)")
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .label_style(("sans-serif", 15))
             .draw()
             .map_err(plot_err)?;
@@ -192,6 +193,7 @@ fn draw_with(path: &Path, records: &[RequestRecord], text: bool) -> Result<bool>
             .disable_x_mesh()
             .x_desc("inter-token latency (ms)")
             .y_desc("count")
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .label_style(("sans-serif", 15))
             .draw()
             .map_err(plot_err)?;
