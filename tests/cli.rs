@@ -167,7 +167,15 @@ fn bench_bad_dataset_and_unreachable_server() {
     let url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
     let bench = |extra: &[&str]| {
-        let mut args = vec!["bench", "--url", &url, "--model", "m", "--num-requests", "2"];
+        let mut args = vec![
+            "bench",
+            "--url",
+            &url,
+            "--model",
+            "m",
+            "--num-requests",
+            "2",
+        ];
         args.extend_from_slice(extra);
         pdserve(&args, tmp.path())
     };
