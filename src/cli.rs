@@ -28,6 +28,8 @@ pub enum Command {
     BenchActors(crate::bench_actors::BenchActorsArgs),
     /// Measure KV cache transfer between two processes (TCP, NIXL) vs memcpy.
     BenchKv(crate::bench_kv::BenchKvArgs),
+    /// Load-test an OpenAI-compatible HTTP server: TTFT, ITL, E2E, throughput.
+    Bench(crate::bench_load::BenchLoadArgs),
     /// Serve the OpenAI API with every role in this process (the embedded default).
     Serve(crate::cli_serving::ServeArgs),
     /// Run a decode or prefill worker node that joins a cluster through --seed.
@@ -277,6 +279,50 @@ mod tests {
     }
 
     #[test]
+    fn bench_parses_and_rejects_conflicts() {
+        let cli = parse(&[
+            "bench",
+            "--url",
+            "http://127.0.0.1:8001",
+            "--concurrency",
+            "8",
+            "--num-requests",
+            "64",
+            "--input-len",
+            "128",
+            "--output-len",
+            "32",
+            "--endpoint",
+            "chat",
+            "--slo-ttft-ms",
+            "500",
+            "--json",
+            "/tmp/b.json",
+        ])
+        .unwrap();
+        let Command::Bench(b) = cli.command else {
+            panic!("expected bench");
+        };
+        assert_eq!(b.url, "http://127.0.0.1:8001");
+        assert_eq!((b.concurrency, b.num_requests), (Some(8), 64));
+        assert_eq!((b.input_len, b.output_len, b.warmup), (128, 32, 1));
+        assert_eq!(b.endpoint, Some(crate::bench_load::Endpoint::Chat));
+        assert_eq!(
+            (b.slo_ttft_ms, b.timeout_s, b.model),
+            (Some(500.0), 600.0, None)
+        );
+        let both = ["bench", "--concurrency", "2", "--request-rate", "3"];
+        assert!(parse(&both).is_err());
+        assert!(parse(&["bench", "--concurrency", "0"]).is_err());
+        assert!(parse(&["bench", "--endpoint", "embeddings"]).is_err());
+        let rate = parse(&["bench", "--request-rate", "2.5"]).unwrap();
+        let Command::Bench(r) = rate.command else {
+            panic!("expected bench");
+        };
+        assert_eq!((r.request_rate, r.concurrency), (Some(2.5), None));
+    }
+
+    #[test]
     fn subcommands_are_the_documented_ones() {
         let names: Vec<String> = Cli::command()
             .get_subcommands()
@@ -289,6 +335,7 @@ mod tests {
                 "bench-engine",
                 "bench-actors",
                 "bench-kv",
+                "bench",
                 "serve",
                 "worker",
                 "frontend"

@@ -8,6 +8,7 @@
 mod bench_actors;
 mod bench_engine;
 mod bench_kv;
+mod bench_load;
 mod cli;
 mod cli_serving;
 mod generate;
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
         Command::BenchEngine(args) => bench_engine::run(args),
         Command::BenchActors(args) => bench_actors::run(args),
         Command::BenchKv(args) => bench_kv::run(args),
+        Command::Bench(args) => bench_load::run(args),
         Command::Serve(args) => serving::run_serve(args),
         Command::Worker(args) => serving::run_worker(args),
         Command::Frontend(args) => serving::run_frontend(args),

@@ -180,3 +180,36 @@ fn serving_commands_reject_bad_settings_before_starting() {
         "lists the valid policies: {line}"
     );
 }
+
+/// `pdserve bench` input errors: a bad ShareGPT file, then a server that is not
+/// there (a port just closed on loopback) — one `error:` line each, no panic.
+#[test]
+fn bench_bad_dataset_and_unreachable_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("sharegpt.json");
+    std::fs::write(&data, "{\"conversations\": [").unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "--url",
+            &url,
+            "--model",
+            "m",
+            "--num-requests",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        pdserve(&args, tmp.path())
+    };
+    let out = bench(&["--dataset", data.to_str().unwrap()]);
+    let line = assert_one_line_error(&out, &data.display().to_string());
+    assert!(line.contains("not valid JSON"), "{line}");
+    let out = bench(&["--timeout-s", "10"]);
+    let line = assert_one_line_error(&out, "every warm-up request");
+    assert!(line.contains("request failed"), "{line}");
+    let out = bench(&["--warmup", "0", "--timeout-s", "10"]);
+    assert_one_line_error(&out, "all 2 requests failed");
+}
