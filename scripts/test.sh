@@ -10,6 +10,8 @@
 #   clippy   cargo clippy --workspace --all-targets -- -D warnings
 #   build    cargo build --release (the binary the end-to-end tests run)
 #   test     cargo test --workspace (PDSERVE_MODELS_DIR exported for real-model tests)
+#   nixl     cargo test -p pdserve-cluster --features nixl (NIXL transfers, real libnixl
+#            from scripts/fetch-nixl.sh; required to run, not skip)
 #   k8s      scripts/validate-k8s.py: render deploy/k8s (base, overlays) and check it
 #            against the Kubernetes schemas and cross-references, offline; with a
 #            release build, also every container's flags against the binary
@@ -26,7 +28,7 @@
 #   PDSERVE_MODELS_DIR  model directory (default $PDSERVE_CACHE/models)
 #   PDSERVE_SKIP_APT=1  do not check/install Debian packages
 #   PDSERVE_FAIL_FAST=1 stop at the first failing phase
-#   PDSERVE_PHASES="k8s e2e"  run only these of fmt clippy build test k8s docker e2e
+#   PDSERVE_PHASES="k8s e2e"  run only these of fmt clippy build test nixl k8s docker e2e
 #                       (prereqs, assets and venv always run; a skipped build reuses
 #                       an existing target/release/pdserve)
 #   PDSERVE_FETCH_LARGE=1  also fetch the optional large model
@@ -258,6 +260,22 @@ run_k8s() {
     "$PDSERVE_VENV/bin/python" "$ROOT/scripts/validate-k8s.py" "${args[@]}"
 }
 
+# NIXL transfers through a real libnixl (UCX, DRAM to DRAM): the library comes
+# from the nixl-cu12 wheel (scripts/fetch-nixl.sh, cached); the tests must run,
+# not skip (PDSERVE_REQUIRE_NIXL=1).
+run_nixl_tests() {
+    bash "$ROOT/scripts/fetch-nixl.sh" >/dev/null || return 1
+    local log="$LOGDIR/nixl-test.log" rc
+    PDSERVE_REQUIRE_NIXL=1 timeout --kill-after=30 1800 \
+        cargo test -p pdserve-cluster --features nixl --test nixl_transport 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    local p f
+    read -r p f <<<"$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$log" | head -n1)"
+    TESTS_PASSED=$((TESTS_PASSED + ${p:-0}))
+    TESTS_FAILED=$((TESTS_FAILED + ${f:-0}))
+    return "$rc"
+}
+
 lint_dockerfile() {
     "$PDSERVE_VENV/bin/hadolint" "$ROOT/Dockerfile" && echo "hadolint: Dockerfile clean"
 }
@@ -284,6 +302,7 @@ main() {
         BUILD_OK=1
     fi
     wanted test && phase test run_cargo_tests
+    wanted nixl && phase nixl run_nixl_tests
     wanted k8s && phase k8s run_k8s
     wanted docker && phase docker lint_dockerfile
     if ! wanted e2e; then

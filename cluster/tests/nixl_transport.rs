@@ -44,9 +44,15 @@ fn endpoint(name: &str, store: &MemKvStore) -> NixlEndpoint {
     unsafe { NixlEndpoint::new(name, addr, len, &NixlConfig::default()) }.unwrap()
 }
 
+/// Whether libnixl loads; where it does not, the test skips saying why — unless
+/// `PDSERVE_REQUIRE_NIXL=1` (the test command, which fetched it), where a missing
+/// library is a failure, never a silent skip.
 fn available() -> bool {
     match ensure_library() {
         Ok(()) => true,
+        Err(e) if std::env::var("PDSERVE_REQUIRE_NIXL").as_deref() == Ok("1") => {
+            panic!("PDSERVE_REQUIRE_NIXL=1 but libnixl cannot be loaded: {e}")
+        }
         Err(e) => {
             println!("skipped: {e}");
             false
