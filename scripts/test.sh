@@ -207,17 +207,21 @@ run_cargo_tests() {
     # A hung test must fail the phase, not run into CI's limit.
     timeout --kill-after=30 "${PDSERVE_CARGO_TEST_TIMEOUT:-3600}" cargo test --workspace 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
-    # "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out"
-    local counts
-    counts="$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed; \([0-9]*\) ignored.*/\1 \2 \3/p' "$log" |
+    count_cargo_results "$log"
+    return "$rc"
+}
+
+# count_cargo_results LOG: adds the "test result:" lines of a cargo test log to the
+# totals, e.g. "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; ...".
+count_cargo_results() {
+    local counts p f i
+    counts="$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed; \([0-9]*\) ignored.*/\1 \2 \3/p' "$1" |
         awk '{p+=$1; f+=$2; i+=$3} END {print p+0, f+0, i+0}')"
-    local p f i
     read -r p f i <<<"$counts"
     TESTS_PASSED=$((TESTS_PASSED + p))
     TESTS_FAILED=$((TESTS_FAILED + f))
     TESTS_SKIPPED=$((TESTS_SKIPPED + i))
     echo "cargo test: $p passed, $f failed, $i ignored"
-    return "$rc"
 }
 
 run_e2e() {
@@ -269,10 +273,7 @@ run_nixl_tests() {
     PDSERVE_REQUIRE_NIXL=1 timeout --kill-after=30 1800 \
         cargo test -p pdserve-cluster --features nixl --test nixl_transport 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
-    local p f
-    read -r p f <<<"$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$log" | head -n1)"
-    TESTS_PASSED=$((TESTS_PASSED + ${p:-0}))
-    TESTS_FAILED=$((TESTS_FAILED + ${f:-0}))
+    count_cargo_results "$log"
     return "$rc"
 }
 

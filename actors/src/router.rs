@@ -356,25 +356,9 @@ pub fn prompt_block_hashes(tokens: &[u32], block_size: usize) -> Vec<u128> {
 mod tests {
     use super::*;
 
+    /// An idle decode worker's report (the routing tests' builder).
     fn report(id: &str) -> WorkerLoad {
-        WorkerLoad {
-            worker: WorkerId(id.to_string()),
-            role: Role::Decode,
-            model: "m".to_string(),
-            model_spec: "m".to_string(),
-            max_model_len: 4096,
-            block_size: 16,
-            free_blocks: 10,
-            total_blocks: 10,
-            running: 0,
-            waiting: 0,
-            prefill_queue_depth: 0,
-            draining: false,
-            remote_prefills: 0,
-            prefill_fallbacks: 0,
-            cached_blocks: Vec::new(),
-            seq: 1,
-        }
+        crate::policy::routing::tests::load(id, &crate::policy::routing::tests::idle(10, 10))
     }
 
     #[test]

@@ -206,11 +206,17 @@ def ensure_alive(c, model, names):
         c.wait_listed(started, 120)
 
 
-def stop_prefill(c, model):
+def load_with_remote_prefill(c, model, scenario):
+    """Starts the load once the prefill worker runs and holds a remote prefill."""
     ensure_alive(c, model, ["prefill"])
     load = Load(c.base, model)
     load.warm()
-    check(wait_for(lambda: prefill_holding_work(c), 60), "stop-prefill: no remote prefill started")
+    check(wait_for(lambda: prefill_holding_work(c), 60), f"{scenario}: no remote prefill started")
+    return load
+
+
+def stop_prefill(c, model):
+    load = load_with_remote_prefill(c, model, "stop-prefill")
     t_fault = time.monotonic()
     c.proc("prefill").kill(signal.SIGSTOP)
     load.after_fault(t_fault, 15)
@@ -225,10 +231,7 @@ def stop_prefill(c, model):
 
 
 def kill_prefill(c, model):
-    ensure_alive(c, model, ["prefill"])
-    load = Load(c.base, model)
-    load.warm()
-    check(wait_for(lambda: prefill_holding_work(c), 60), "kill-prefill: no remote prefill started")
+    load = load_with_remote_prefill(c, model, "kill-prefill")
     t_fault = time.monotonic()
     c.proc("prefill").kill()
     load.after_fault(t_fault, 5)

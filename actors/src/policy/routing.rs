@@ -291,4 +291,4 @@ pub fn choose_worker(
 
 #[cfg(test)]
 #[path = "routing_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -13,7 +13,7 @@ const CASES: u32 = 500;
 
 /// Numbers of one load report; `cached` are prefix-cache block hashes.
 #[derive(Debug, Clone)]
-struct Load {
+pub(crate) struct Load {
     total: u32,
     free: u32,
     running: u32,
@@ -22,7 +22,7 @@ struct Load {
     cached: Vec<u128>,
 }
 
-fn load(id: &str, l: &Load) -> WorkerLoad {
+pub(crate) fn load(id: &str, l: &Load) -> WorkerLoad {
     WorkerLoad {
         worker: WorkerId(id.to_string()),
         role: Role::Decode,
@@ -47,7 +47,7 @@ fn view(id: &str, alive: bool, l: &Load) -> WorkerView {
     WorkerView::new(load(id, l), alive)
 }
 
-fn idle(total: u32, free: u32) -> Load {
+pub(crate) fn idle(total: u32, free: u32) -> Load {
     Load {
         total,
         free,
