@@ -29,6 +29,9 @@ pub struct HttpArgs {
     /// Per-request deadline in seconds.
     #[arg(long, default_value_t = 600.0)]
     pub request_timeout_s: f64,
+    /// Seconds a client has to send a request's headers, and then its body (408).
+    #[arg(long, default_value_t = 30.0)]
+    pub header_timeout_s: f64,
     /// Split `<think>` reasoning into `reasoning_content` (supported: qwen3).
     #[arg(long)]
     pub reasoning_parser: Option<String>,

@@ -175,6 +175,18 @@ fn serving_commands_reject_bad_settings_before_starting() {
         home.path(),
     );
     let line = assert_one_line_error(&out, "--router-policy");
+    let timeout = pdserve(
+        &[
+            "frontend",
+            "--offline",
+            "--http-port",
+            "0",
+            "--header-timeout-s",
+            "0",
+        ],
+        home.path(),
+    );
+    assert_one_line_error(&timeout, "--header-timeout-s");
     assert!(
         line.contains("kv-aware"),
         "lists the valid policies: {line}"

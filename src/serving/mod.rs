@@ -76,6 +76,10 @@ fn gateway_config(http: &HttpArgs) -> Result<GatewayConfig> {
         max_body_bytes: http.max_body_bytes,
         request_timeout: Duration::try_from_secs_f64(http.request_timeout_s)
             .context("--request-timeout-s must be a positive number of seconds")?,
+        header_timeout: Duration::try_from_secs_f64(http.header_timeout_s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .context("--header-timeout-s must be a positive number of seconds")?,
         reasoning_parser,
         ..GatewayConfig::default()
     })
