@@ -8,10 +8,11 @@
 #   venv     Python venv with the end-to-end test clients (scripts/requirements-e2e.txt)
 #   fmt      cargo fmt --all -- --check
 #   clippy   cargo clippy --workspace --all-targets -- -D warnings
-#   build    cargo build --release (the binary the end-to-end tests run)
+#   build    cargo build --release --features nixl (the binary the end-to-end tests run)
 #   test     cargo test --workspace (PDSERVE_MODELS_DIR exported for real-model tests)
-#   nixl     cargo test -p pdserve-cluster --features nixl (NIXL transfers, real libnixl
-#            from scripts/fetch-nixl.sh; required to run, not skip)
+#   nixl     cargo test -p pdserve-cluster -p pdserve-actors --features nixl (NIXL
+#            transfers and workers over NIXL, real libnixl from scripts/fetch-nixl.sh;
+#            required to run, not skip — and then in e2e too)
 #   k8s      scripts/validate-k8s.py: render deploy/k8s (base, overlays) and check it
 #            against the Kubernetes schemas and cross-references, offline; with a
 #            release build, also every container's flags against the binary
@@ -267,11 +268,13 @@ run_k8s() {
 # NIXL transfers through a real libnixl (UCX, DRAM to DRAM): the library comes
 # from the nixl-cu12 wheel (scripts/fetch-nixl.sh, cached); the tests must run,
 # not skip (PDSERVE_REQUIRE_NIXL=1).
+# Then the workers over NIXL (actors/tests/disaggregated.rs, module nixl).
 run_nixl_tests() {
     bash "$ROOT/scripts/fetch-nixl.sh" >/dev/null || return 1
     local log="$LOGDIR/nixl-test.log" rc
     PDSERVE_REQUIRE_NIXL=1 timeout --kill-after=30 1800 \
-        cargo test -p pdserve-cluster --features nixl --test nixl_transport 2>&1 | tee "$log"
+        cargo test -p pdserve-cluster -p pdserve-actors --features nixl \
+        --test nixl_transport --test disaggregated 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
     count_cargo_results "$log"
     return "$rc"
@@ -298,12 +301,14 @@ main() {
     wanted fmt && phase fmt cargo fmt --all -- --check
     wanted clippy && phase clippy cargo clippy --workspace --all-targets -- -D warnings
     if wanted build; then
-        if phase build cargo build --release; then BUILD_OK=1; else BUILD_OK=0; fi
+        # With NIXL built in: the end-to-end tests cover both KV transports.
+        if phase build cargo build --release --features nixl; then BUILD_OK=1; else BUILD_OK=0; fi
     elif [ -x "$ROOT/target/release/pdserve" ]; then
         BUILD_OK=1
     fi
     wanted test && phase test run_cargo_tests
-    wanted nixl && phase nixl run_nixl_tests
+    # Once libnixl is fetched and works, the end-to-end NIXL checks must run too.
+    wanted nixl && phase nixl run_nixl_tests && export PDSERVE_REQUIRE_NIXL=1
     wanted k8s && phase k8s run_k8s
     wanted docker && phase docker lint_dockerfile
     if ! wanted e2e; then

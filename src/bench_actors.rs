@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use pdserve_actors::decode_worker::{DecodeArgs, DecodeConfig, DecodeWorker, KvIngress};
+use pdserve_actors::decode_worker::{
+    DecodeArgs, DecodeConfig, DecodeWorker, KvIngress, QUARANTINE_SLACK,
+};
 use pdserve_actors::policy::routing::RoutingPolicy;
 use pdserve_actors::router::{Router, RouterArgs, RouterMsg, RouterView};
 use pdserve_cluster::protocol::{GenerateRequest, StreamEvent};
@@ -129,6 +131,7 @@ pub fn run(args: &BenchActorsArgs) -> Result<()> {
                     remote_prefill_timeout: Duration::from_secs(60),
                     ingress: KvIngress::None,
                     load_interval: Duration::from_millis(250),
+                    quarantine_slack: QUARANTINE_SLACK,
                 },
                 engine: actor_engine,
             },

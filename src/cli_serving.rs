@@ -128,6 +128,18 @@ pub struct WorkerArgs {
     /// address's host, any port).
     #[arg(long)]
     pub kv_listen: Option<SocketAddr>,
+    /// How KV moves between workers: `nixl` (libnixl required; a decode worker
+    /// also keeps its TCP data plane for prefill workers without NIXL), `tcp`, or
+    /// `auto` (NIXL where this build has it and libnixl loads, else TCP).
+    #[arg(long, value_enum, default_value_t = KvTransport::Auto)]
+    pub kv_transport: KvTransport,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KvTransport {
+    Auto,
+    Tcp,
+    Nixl,
 }
 
 #[derive(Args, Debug, Clone)]

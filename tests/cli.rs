@@ -146,6 +146,16 @@ fn bad_arguments_are_usage_errors() {
     assert_eq!(out.status.code(), Some(2));
     let out = pdserve(&["serve", "--decode-workers", "many"], tmp.path());
     assert_eq!(out.status.code(), Some(2));
+    let out = pdserve(
+        &["worker", "--role", "decode", "--kv-transport", "pigeon"],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("auto") && err.contains("nixl") && err.contains("tcp"),
+        "lists the transports: {err}"
+    );
 }
 
 #[test]

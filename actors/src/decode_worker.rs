@@ -15,9 +15,19 @@
 //! write into them). Every attempt has a number; a late answer to an old attempt is
 //! dropped.
 //!
+//! NIXL writes are one-sided: the engine cannot refuse a late one. So when a remote
+//! prefill over NIXL is abandoned, its import sequence is *quarantined* rather
+//! than aborted — its blocks stay out of reuse until no write of that attempt can
+//! land any more: the prefill worker answered the attempt (`PrefillDone` or
+//! `PrefillFailed`, which it sends for a cancelled attempt once its write is
+//! over), the prefill worker is gone, or the attempt's deadline plus
+//! `quarantine_slack` ([`QUARANTINE_SLACK`] by default) passed (a prefill worker starts no write after the
+//! deadline and bounds each write by it; node clocks are assumed to agree within
+//! the slack).
+//!
 //! Invariant: each request is in exactly one phase, owns exactly one engine
 //! sequence, and every exit path (finish, error, cancel, deadline) aborts or
-//! finishes that sequence.
+//! finishes that sequence (or quarantines it, as above, which ends in an abort).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,7 +47,10 @@ use pdserve_engine::sampling::SampledToken;
 use pdserve_engine::{EngineError, SeqId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use crate::engine_actor::{spawn_engine, EngineCmd, EngineEvent, EngineHandle, RemoteOption};
+use crate::engine_actor::{
+    spawn_engine_pinned, EngineCmd, EngineEvent, EngineHandle, Pin, RemoteOption,
+};
+use crate::kv_nixl::{self, DecodeNixl};
 use crate::prefill_queue::{PrefillQueue, QueueArgs, QueueMsg};
 use crate::prefill_worker::PrefillMsg;
 use crate::router::RouterMsg;
@@ -72,7 +85,17 @@ pub enum KvIngress {
         listen: String,
         advertise_host: String,
     },
+    /// NIXL into the registered KV pool, with the TCP data plane (as in `Tcp`)
+    /// for prefill workers that have no NIXL.
+    Nixl {
+        listen: String,
+        advertise_host: String,
+    },
 }
+
+/// Default of how long past its deadline an abandoned NIXL attempt's blocks stay
+/// out of reuse.
+pub const QUARANTINE_SLACK: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct DecodeConfig {
@@ -87,6 +110,9 @@ pub struct DecodeConfig {
     pub remote_prefill_timeout: Duration,
     pub ingress: KvIngress,
     pub load_interval: Duration,
+    /// How long past its deadline an abandoned NIXL attempt's blocks stay out of
+    /// reuse (module header).
+    pub quarantine_slack: Duration,
 }
 
 pub struct DecodeArgs {
@@ -103,6 +129,14 @@ struct Remote {
     deadline: Instant,
     first: Option<SampledToken>,
     kv_written: bool,
+}
+
+/// The import sequence of an abandoned NIXL attempt, held until no write of the
+/// attempt can land.
+struct Quarantined {
+    seq: SeqId,
+    worker: Option<WorkerId>,
+    until: Instant,
 }
 
 enum Phase {
@@ -129,6 +163,9 @@ pub struct DecodeState {
     queue_depth: Arc<AtomicUsize>,
     tcp: Option<Arc<TcpKvReceiver>>,
     tcp_addr: Option<String>,
+    nixl: Option<DecodeNixl>,
+    /// Abandoned NIXL attempts, by (request, attempt).
+    quarantine: HashMap<(RequestId, u32), Quarantined>,
     reqs: HashMap<RequestId, Req>,
     by_seq: HashMap<SeqId, RequestId>,
     next_seq: u64,
@@ -151,32 +188,44 @@ impl Actor for DecodeWorker {
         args: DecodeArgs,
     ) -> Result<DecodeState, ActorProcessingErr> {
         let cfg = args.config;
+        let (on_written, mut written) = tokio::sync::mpsc::unbounded_channel();
         let me = myself.clone();
-        let engine = spawn_engine(
+        tokio::spawn(async move {
+            while let Some(w) = written.recv().await {
+                if me.cast(DecodeMsg::KvWritten(w)).is_err() {
+                    break;
+                }
+            }
+        });
+        let (nixl, pins) = match &cfg.ingress {
+            KvIngress::Nixl { .. } => {
+                let (d, pin) = start_nixl(&cfg.worker, &args.engine, on_written.clone())?;
+                (Some(d), vec![pin])
+            }
+            _ => (None, Vec::new()),
+        };
+        let me = myself.clone();
+        let engine = spawn_engine_pinned(
             args.engine,
             &cfg.worker.0,
             Box::new(move |ev| {
                 let _ = me.cast(DecodeMsg::Engine(ev));
             }),
+            pins,
         )?;
         let (tcp, tcp_addr) = match &cfg.ingress {
             KvIngress::Tcp {
                 listen,
                 advertise_host,
+            }
+            | KvIngress::Nixl {
+                listen,
+                advertise_host,
             } => {
-                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
                 let store: Arc<dyn KvBlockStore> = Arc::new(engine.clone());
-                let recv = TcpKvReceiver::bind(listen, store, tx).await?;
+                let recv = TcpKvReceiver::bind(listen, store, on_written).await?;
                 let addr = format!("{advertise_host}:{}", recv.local_addr().port());
-                tracing::info!(worker = %cfg.worker, %addr, "KV data plane (TCP) listening");
-                let me = myself.clone();
-                tokio::spawn(async move {
-                    while let Some(w) = rx.recv().await {
-                        if me.cast(DecodeMsg::KvWritten(w)).is_err() {
-                            break;
-                        }
-                    }
-                });
+                tracing::info!(worker = %cfg.worker, %addr, nixl = nixl.is_some(), "KV data plane (TCP) listening");
                 (Some(Arc::new(recv)), Some(addr))
             }
             KvIngress::InProcess => {
@@ -208,6 +257,8 @@ impl Actor for DecodeWorker {
             queue_depth,
             tcp,
             tcp_addr,
+            nixl,
+            quarantine: HashMap::new(),
             reqs: HashMap::new(),
             by_seq: HashMap::new(),
             next_seq: 1,
@@ -242,6 +293,9 @@ impl Actor for DecodeWorker {
             DecodeMsg::Wire(DecodeWire::Generate(req)) => st.admit(req),
             DecodeMsg::Wire(DecodeWire::Cancel { id }) => st.cancel(id),
             DecodeMsg::Wire(DecodeWire::PrefillDone(done)) => {
+                if st.release_quarantined(done.id, done.attempt) {
+                    return Ok(());
+                }
                 let Some(r) = st.reqs.get_mut(&done.id) else {
                     tracing::debug!(request = %done.id, "late PrefillDone dropped");
                     return Ok(());
@@ -249,7 +303,7 @@ impl Actor for DecodeWorker {
                 if let Phase::Remote(rem) = &mut r.phase {
                     if rem.attempt == done.attempt {
                         rem.first = Some(done.first);
-                        if st.tcp.is_none() {
+                        if matches!(st.cfg.ingress, KvIngress::InProcess) {
                             // In process: the copy finished before PrefillDone was sent.
                             rem.kv_written = true;
                         }
@@ -260,6 +314,9 @@ impl Actor for DecodeWorker {
                 tracing::debug!(request = %done.id, attempt = done.attempt, "stale PrefillDone dropped");
             }
             DecodeMsg::Wire(DecodeWire::PrefillFailed(f)) => {
+                if st.release_quarantined(f.id, f.attempt) {
+                    return Ok(());
+                }
                 let current = st.reqs.get(&f.id).is_some_and(
                     |r| matches!(&r.phase, Phase::Remote(rem) if rem.attempt == f.attempt),
                 );
@@ -267,6 +324,7 @@ impl Actor for DecodeWorker {
                     st.fall_back(
                         f.id,
                         &format!("prefill worker {} failed: {}", f.prefill_worker, f.reason),
+                        true,
                     );
                 }
             }
@@ -296,7 +354,11 @@ impl Actor for DecodeWorker {
                 {
                     if rem.attempt == attempt {
                         rem.assigned = Some(worker);
+                        return Ok(());
                     }
+                }
+                if let Some(q) = st.quarantine.get_mut(&(id, attempt)) {
+                    q.worker = Some(worker);
                 }
             }
             DecodeMsg::Engine(ev) => st.on_engine(ev),
@@ -331,6 +393,35 @@ impl Actor for DecodeWorker {
         }
         Ok(())
     }
+}
+
+/// Registers `engine`'s KV pool with a NIXL agent for this worker.
+fn start_nixl(
+    worker: &WorkerId,
+    engine: &Engine,
+    on_written: tokio::sync::mpsc::UnboundedSender<KvWritten>,
+) -> Result<(DecodeNixl, Pin), ActorProcessingErr> {
+    let (base, len, kind) = engine
+        .kv_pool_region()
+        .ok_or("NIXL: this engine's KV pool is not one region")?;
+    if kind != pdserve_engine::backend::MemKind::Host {
+        return Err(format!("NIXL: KV pool in {kind:?} memory is not supported yet").into());
+    }
+    let name = kv_nixl::agent_name(worker);
+    // SAFETY: the region is the engine's pool, allocated once for the engine's
+    // life; the pin goes to the engine thread, which frees the pool only after
+    // the registration is dropped.
+    let r = unsafe {
+        DecodeNixl::start(
+            &name,
+            (base, len),
+            engine.kv_layout().block_bytes(),
+            on_written,
+        )
+    };
+    let r = r.map_err(|e| format!("NIXL: {e}"))?;
+    tracing::info!(%worker, agent = %name, bytes = len, "KV pool registered with NIXL");
+    Ok(r)
 }
 
 /// The span of one request on this node: its id is the one the gateway made and
@@ -534,15 +625,20 @@ impl DecodeState {
         let skip = (cached / bs).min(blocks.len());
         let ticket: u64 = rand::random();
         let deadline = Instant::now() + self.cfg.remote_prefill_timeout;
-        let target = match (&self.tcp, &self.tcp_addr) {
+        let tcp = match (&self.tcp, &self.tcp_addr) {
             (Some(recv), Some(addr)) => {
                 recv.expect(ticket, seq, blocks[skip..].to_vec(), deadline);
-                KvTarget::Tcp {
-                    addr: addr.clone(),
-                    ticket,
-                }
+                Some(addr.clone())
             }
-            _ => KvTarget::InProcess {
+            _ => None,
+        };
+        let target = match (&self.nixl, tcp) {
+            (Some(nixl), tcp) => {
+                nixl.expect(ticket, seq, &blocks[skip..], deadline);
+                nixl.target(ticket, &blocks[skip..], tcp)
+            }
+            (None, Some(addr)) => KvTarget::Tcp { addr, ticket },
+            (None, None) => KvTarget::InProcess {
                 decode_worker: self.cfg.worker.clone(),
             },
         };
@@ -602,8 +698,9 @@ impl DecodeState {
     }
 
     /// Withdraws a remote prefill (ticket, queue entry, assigned prefill) and frees
-    /// its import blocks.
-    fn withdraw(&mut self, id: RequestId) {
+    /// its import blocks — or, over NIXL, quarantines them (module header) unless
+    /// `attempt_over`: the prefill worker said the attempt ended.
+    fn withdraw(&mut self, id: RequestId, attempt_over: bool) {
         let Some(r) = self.reqs.get_mut(&id) else {
             return;
         };
@@ -612,6 +709,9 @@ impl DecodeState {
         };
         if let Some(t) = &self.tcp {
             t.forget(rem.ticket);
+        }
+        if let Some(n) = &self.nixl {
+            n.forget(rem.ticket);
         }
         let _ = self.queue.cast(QueueMsg::Cancel { id });
         if let Some(w) = &rem.assigned {
@@ -628,13 +728,58 @@ impl DecodeState {
         }
         let seq = r.seq;
         self.by_seq.remove(&seq);
-        self.engine.send(EngineCmd::Abort { seq });
+        if self.nixl.is_some() && !attempt_over {
+            let until = rem.deadline.max(Instant::now()) + self.cfg.quarantine_slack;
+            let worker = rem.assigned.clone();
+            tracing::debug!(request = %id, attempt = rem.attempt, %seq, "NIXL destination blocks quarantined");
+            self.quarantine
+                .insert((id, rem.attempt), Quarantined { seq, worker, until });
+            self.dirty = true;
+        } else {
+            self.engine.send(EngineCmd::Abort { seq });
+        }
+    }
+
+    /// Frees the quarantined blocks of attempt `attempt` of `id`, if any: the
+    /// prefill worker answered it, so no write of it is in flight.
+    fn release_quarantined(&mut self, id: RequestId, attempt: u32) -> bool {
+        match self.quarantine.remove(&(id, attempt)) {
+            Some(q) => {
+                tracing::debug!(request = %id, attempt, seq = %q.seq, "quarantine released (answered)");
+                self.engine.send(EngineCmd::Abort { seq: q.seq });
+                self.dirty = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Frees quarantined blocks whose time is up or whose prefill worker is gone.
+    fn release_expired_quarantine(&mut self) {
+        if self.quarantine.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let gone = |w: &WorkerId| ractor::pg::get_members(&groups::worker_inbox(w)).is_empty();
+        let done: Vec<(RequestId, u32)> = self
+            .quarantine
+            .iter()
+            .filter(|(_, q)| now >= q.until || q.worker.as_ref().is_some_and(gone))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in done {
+            if let Some(q) = self.quarantine.remove(&k) {
+                tracing::debug!(request = %k.0, attempt = k.1, seq = %q.seq, "quarantine released (expired or worker gone)");
+                self.engine.send(EngineCmd::Abort { seq: q.seq });
+                self.dirty = true;
+            }
+        }
     }
 
     /// Gives up the remote prefill of `id` and prefills locally instead.
-    fn fall_back(&mut self, id: RequestId, reason: &str) {
+    fn fall_back(&mut self, id: RequestId, reason: &str, attempt_over: bool) {
         tracing::warn!(request = %id, "remote prefill abandoned ({reason}); prefilling locally");
-        self.withdraw(id);
+        self.withdraw(id, attempt_over);
         self.prefill_fallbacks += 1;
         self.dirty = true;
         let seq = self.new_seq(id);
@@ -655,13 +800,17 @@ impl DecodeState {
     }
 
     fn cancel(&mut self, id: RequestId) {
-        if !self.reqs.contains_key(&id) {
+        let Some(r) = self.reqs.get(&id) else {
             return;
+        };
+        if matches!(r.phase, Phase::Remote(_)) {
+            // Frees (or quarantines) the import sequence.
+            self.withdraw(id, false);
+        } else {
+            self.engine.send(EngineCmd::Abort { seq: r.seq });
         }
-        self.withdraw(id);
         if let Some(r) = self.reqs.remove(&id) {
             self.by_seq.remove(&r.seq);
-            self.engine.send(EngineCmd::Abort { seq: r.seq });
             tracing::debug!(request = %id, "cancelled");
         }
         self.dirty = true;
@@ -685,8 +834,9 @@ impl DecodeState {
             }
         }
         for (id, why) in give_up {
-            self.fall_back(id, &why);
+            self.fall_back(id, &why, false);
         }
+        self.release_expired_quarantine();
     }
 
     fn tick(&mut self) {

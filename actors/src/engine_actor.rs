@@ -11,7 +11,16 @@
 //! - a KV write is accepted only into blocks the named import sequence owns at that
 //!   moment, so a late transfer can never land in reused blocks;
 //! - the thread ends when every handle is dropped or on `Stop`; outstanding
-//!   sequences are aborted (their blocks freed) first.
+//!   sequences are aborted (their blocks freed) first;
+//! - KV memory registered with a transport (NIXL) is never freed while
+//!   registered: the registration is *pinned* to the engine thread
+//!   ([`spawn_engine_pinned`]), which, when it ends, waits for the last other
+//!   holder of each pin to let go before the engine (and its pool) is dropped, and
+//!   leaks the pool rather than free it under a live registration.
+//!
+//! NIXL writes bypass the ownership check above (they are one-sided); the decode
+//! worker keeps the destination blocks of an abandoned NIXL transfer out of reuse
+//! instead (see `decode_worker`).
 
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -69,6 +78,14 @@ pub enum EngineCmd {
     ReadBlocks {
         blocks: Vec<BlockId>,
         reply: oneshot::Sender<Result<Vec<u8>, TransportError>>,
+    },
+    /// The ids of `count` blocks of `seq` starting at its block `skip` (for a
+    /// transport that reads the pool directly).
+    SeqBlockIds {
+        seq: SeqId,
+        skip: usize,
+        count: usize,
+        reply: oneshot::Sender<Result<Vec<BlockId>, TransportError>>,
     },
     /// Abort a sequence (running, waiting, parked or reserved import): frees its blocks.
     Abort {
@@ -131,6 +148,28 @@ impl EngineHandle {
     pub fn snapshot(&self) -> EngineSnapshot {
         self.snapshot.lock().map(|s| s.clone()).unwrap_or_default()
     }
+    /// The ids of `count` blocks of `seq` starting at its block `skip`.
+    pub fn seq_block_ids(
+        &self,
+        seq: SeqId,
+        skip: usize,
+        count: usize,
+    ) -> BoxFuture<Result<Vec<BlockId>, TransportError>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.send(EngineCmd::SeqBlockIds {
+            seq,
+            skip,
+            count,
+            reply,
+        });
+        Box::pin(async move {
+            if !sent {
+                return Err(TransportError::EngineGone);
+            }
+            rx.await.unwrap_or(Err(TransportError::EngineGone))
+        })
+    }
+
     /// Reads `count` blocks of `seq` starting at its block `skip`.
     pub fn read_seq_blocks(
         &self,
@@ -192,11 +231,29 @@ impl KvBlockStore for EngineHandle {
 
 pub type EventSink = Box<dyn Fn(EngineEvent) + Send + 'static>;
 
+/// Something that must be dropped before the engine's KV pool is freed (a
+/// transport registration of that pool).
+pub type Pin = Arc<dyn Send + Sync>;
+
+/// How long an ending engine thread waits for a pin's other holders.
+const PIN_RELEASE_WAIT: Duration = Duration::from_secs(10);
+
 /// Starts the engine thread.
 pub fn spawn_engine(
     engine: Engine,
     name: &str,
     on_event: EventSink,
+) -> std::io::Result<EngineHandle> {
+    spawn_engine_pinned(engine, name, on_event, Vec::new())
+}
+
+/// Starts the engine thread, which drops `pins` (after their other holders did)
+/// before the engine.
+pub fn spawn_engine_pinned(
+    engine: Engine,
+    name: &str,
+    on_event: EventSink,
+    pins: Vec<Pin>,
 ) -> std::io::Result<EngineHandle> {
     let layout = engine.kv_layout();
     let info = EngineInfo {
@@ -213,7 +270,10 @@ pub fn spawn_engine(
     let snap = snapshot.clone();
     std::thread::Builder::new()
         .name(format!("engine-{name}"))
-        .spawn(move || run(engine, rx, on_event, snap))?;
+        .spawn(move || {
+            let engine = run(engine, rx, on_event, snap);
+            release_pins(engine, pins);
+        })?;
     Ok(EngineHandle { tx, info, snapshot })
 }
 
@@ -225,12 +285,30 @@ struct Loop {
     hashes_at: Instant,
 }
 
+/// Drops `pins` once this thread holds the last reference of each, then the
+/// engine; leaks the engine (its KV pool) if a pin is still shared after
+/// [`PIN_RELEASE_WAIT`], because freeing registered memory could let a peer write
+/// into whatever is allocated there next.
+fn release_pins(engine: Engine, pins: Vec<Pin>) {
+    let since = Instant::now();
+    while pins.iter().any(|p| Arc::strong_count(p) > 1) {
+        if since.elapsed() > PIN_RELEASE_WAIT {
+            tracing::error!("KV pool still registered with a transport; leaking it");
+            std::mem::forget(engine);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(pins);
+    drop(engine);
+}
+
 fn run(
     engine: Engine,
     rx: Receiver<EngineCmd>,
     on_event: EventSink,
     snapshot: Arc<Mutex<EngineSnapshot>>,
-) {
+) -> Engine {
     let mut l = Loop {
         engine,
         on_event,
@@ -291,6 +369,7 @@ fn run(
     for s in l.live.drain() {
         l.engine.abort(s);
     }
+    l.engine
 }
 
 impl Loop {
@@ -360,15 +439,18 @@ impl Loop {
                 count,
                 reply,
             } => {
-                let r = match self.engine.kv_blocks(seq) {
-                    Some(b) if skip + count <= b.len() => self.read(&b[skip..skip + count]),
-                    Some(b) => Err(TransportError::Refused(format!(
-                        "{seq} has {} KV blocks, asked for {count} after {skip}",
-                        b.len()
-                    ))),
-                    None => Err(TransportError::Refused(format!("{seq} has no KV blocks"))),
-                };
+                let r = self
+                    .seq_blocks(seq, skip, count)
+                    .and_then(|b| self.read(&b));
                 let _ = reply.send(r);
+            }
+            EngineCmd::SeqBlockIds {
+                seq,
+                skip,
+                count,
+                reply,
+            } => {
+                let _ = reply.send(self.seq_blocks(seq, skip, count));
             }
             EngineCmd::ReadBlocks { blocks, reply } => {
                 let _ = reply.send(self.read(&blocks));
@@ -430,6 +512,23 @@ impl Loop {
                 });
             }
             Err(error) => (self.on_event)(EngineEvent::Rejected { seq, error }),
+        }
+    }
+
+    /// `count` blocks of `seq` from its block `skip` on.
+    fn seq_blocks(
+        &self,
+        seq: SeqId,
+        skip: usize,
+        count: usize,
+    ) -> Result<Vec<BlockId>, TransportError> {
+        match self.engine.kv_blocks(seq) {
+            Some(b) if skip + count <= b.len() => Ok(b[skip..skip + count].to_vec()),
+            Some(b) => Err(TransportError::Refused(format!(
+                "{seq} has {} KV blocks, asked for {count} after {skip}",
+                b.len()
+            ))),
+            None => Err(TransportError::Refused(format!("{seq} has no KV blocks"))),
         }
     }
 

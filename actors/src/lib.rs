@@ -6,10 +6,12 @@
 //!   supervises remote prefills and falls back to local prefill;
 //! - [`prefill_queue`]: a decode worker's queue of remote prefills, pulled by credit;
 //! - [`prefill_worker`]: computes prompts' KV and writes it into decode engines;
+//! - [`kv_nixl`]: the workers' NIXL endpoints (feature `nixl`);
 //! - [`policy`]: pure decision functions (routing; local or remote prefill).
 
 pub mod decode_worker;
 pub mod engine_actor;
+pub mod kv_nixl;
 pub mod policy;
 pub mod prefill_queue;
 pub mod prefill_worker;

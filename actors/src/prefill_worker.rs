@@ -4,12 +4,22 @@
 //! engine's reserved blocks through the request's transport, and reports
 //! `PrefillDone` (or `PrefillFailed`) to the decode worker.
 //!
+//! KV leaves by the request's target: in process (a copy into the decode
+//! engine), TCP (blocks read out, then streamed), or NIXL (one write straight from
+//! this engine's registered pool into the decode engine's; a worker without NIXL
+//! uses the TCP data plane the NIXL target also names).
+//!
 //! Invariants: a request's engine sequence is freed on every exit path (done,
-//! failed, cancelled, deadline); a request whose attempt was cancelled is never
-//! reported done; KV is written only into the blocks the request names, and the
-//! decode engine re-checks ownership on its side.
+//! failed, cancelled, deadline) — but not while a write reads from it; a request
+//! whose attempt was cancelled is never reported done, and every cancelled
+//! attempt is answered with `PrefillFailed` once no write of it can still land
+//! (the decode side holds an abandoned NIXL attempt's blocks until then); no write
+//! starts after the request's deadline, and none outlasts it; KV is written only
+//! into the blocks the request names, and the decode engine re-checks ownership on
+//! its side where the transport allows (in process, TCP).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pdserve_cluster::groups;
@@ -25,7 +35,8 @@ use pdserve_engine::{BlockId, SeqId};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::decode_worker::{broadcast_load, DecodeMsg};
-use crate::engine_actor::{spawn_engine, EngineCmd, EngineEvent, EngineHandle};
+use crate::engine_actor::{spawn_engine_pinned, EngineCmd, EngineEvent, EngineHandle, Pin};
+use crate::kv_nixl::{self, PrefillNixl};
 use crate::prefill_queue::QueueMsg;
 
 pub enum PrefillMsg {
@@ -50,6 +61,9 @@ pub struct PrefillConfig {
     /// Prompts prefilled at the same time (the rest wait in the backlog).
     pub max_concurrent: usize,
     pub transfer_timeout: Duration,
+    /// Register the engine's KV pool with NIXL and write NIXL targets with it
+    /// (start fails if NIXL cannot be used); else NIXL targets go over TCP.
+    pub nixl: bool,
 }
 
 pub struct PrefillArgs {
@@ -68,11 +82,14 @@ struct Job {
     req: PrefillRequest,
     seq: SeqId,
     phase: JobPhase,
+    /// Cancelled while its write was in flight: answered when the write ends.
+    cancelled: bool,
 }
 
 pub struct PrefillState {
     cfg: PrefillConfig,
     engine: EngineHandle,
+    nixl: Option<Arc<PrefillNixl>>,
     myself: ActorRef<PrefillMsg>,
     jobs: HashMap<RequestId, Job>,
     by_seq: HashMap<SeqId, RequestId>,
@@ -95,13 +112,20 @@ impl Actor for PrefillWorker {
         args: PrefillArgs,
     ) -> Result<PrefillState, ActorProcessingErr> {
         let cfg = args.config;
+        let (nixl, pins) = if cfg.nixl {
+            let (n, pin) = start_nixl(&cfg.worker, &args.engine)?;
+            (Some(Arc::new(n)), vec![pin])
+        } else {
+            (None, Vec::new())
+        };
         let me = myself.clone();
-        let engine = spawn_engine(
+        let engine = spawn_engine_pinned(
             args.engine,
             &cfg.worker.0,
             Box::new(move |ev| {
                 let _ = me.cast(PrefillMsg::Engine(ev));
             }),
+            pins,
         )?;
         ractor::pg::join(groups::prefill_workers(&cfg.model), vec![myself.get_cell()]);
         ractor::pg::join(groups::worker_inbox(&cfg.worker), vec![myself.get_cell()]);
@@ -109,6 +133,7 @@ impl Actor for PrefillWorker {
         Ok(PrefillState {
             cfg,
             engine,
+            nixl,
             myself: myself.clone(),
             jobs: HashMap::new(),
             by_seq: HashMap::new(),
@@ -138,12 +163,7 @@ impl Actor for PrefillWorker {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             PrefillMsg::Wire(PrefillWire::Assign(req)) => st.assign(*req),
-            PrefillMsg::Wire(PrefillWire::Cancel { id, attempt }) => {
-                st.backlog.retain(|r| !(r.id == id && r.attempt == attempt));
-                if st.jobs.get(&id).is_some_and(|j| j.req.attempt == attempt) {
-                    st.drop_job(id);
-                }
-            }
+            PrefillMsg::Wire(PrefillWire::Cancel { id, attempt }) => st.cancel(id, attempt),
             PrefillMsg::Engine(ev) => st.on_engine(ev),
             PrefillMsg::Transferred {
                 id,
@@ -177,6 +197,123 @@ fn now_unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Registers `engine`'s KV pool with a NIXL agent for this worker.
+fn start_nixl(
+    worker: &WorkerId,
+    engine: &Engine,
+) -> Result<(PrefillNixl, Pin), ActorProcessingErr> {
+    let (base, len, kind) = engine
+        .kv_pool_region()
+        .ok_or("NIXL: this engine's KV pool is not one region")?;
+    if kind != pdserve_engine::backend::MemKind::Host {
+        return Err(format!("NIXL: KV pool in {kind:?} memory is not supported yet").into());
+    }
+    let name = kv_nixl::agent_name(worker);
+    // SAFETY: the region is the engine's pool, allocated once for the engine's
+    // life; the pin goes to the engine thread, which frees the pool only after
+    // the registration is dropped.
+    let r = unsafe { PrefillNixl::start(&name, (base, len), engine.kv_layout().block_bytes()) };
+    let r = r.map_err(|e| format!("NIXL: {e}"))?;
+    tracing::info!(%worker, agent = %name, bytes = len, "KV pool registered with NIXL");
+    Ok(r)
+}
+
+/// How long a write may take: `transfer_timeout`, cut to what is left before
+/// the request's deadline (`None`: nothing is left, start no write).
+fn write_timeout(
+    transfer_timeout: Duration,
+    deadline_unix_ms: u64,
+    now_unix_ms: u64,
+) -> Option<Duration> {
+    if deadline_unix_ms == 0 {
+        return Some(transfer_timeout);
+    }
+    let left = deadline_unix_ms
+        .checked_sub(now_unix_ms)
+        .filter(|&ms| ms > 0)?;
+    Some(transfer_timeout.min(Duration::from_millis(left)))
+}
+
+/// How one write reaches the decode engine.
+enum Route<'a> {
+    Nixl(&'a PrefillNixl),
+    Tcp { addr: &'a str, ticket: u64 },
+    InProcess(&'a WorkerId),
+}
+
+/// The route to `target` from a worker with (or without) `nixl`.
+fn route<'a>(target: &'a KvTarget, nixl: Option<&'a PrefillNixl>) -> Result<Route<'a>, String> {
+    Ok(match (target, nixl) {
+        (KvTarget::Nixl { .. }, Some(n)) => Route::Nixl(n),
+        (
+            KvTarget::Nixl {
+                tcp: Some(addr),
+                ticket,
+                ..
+            },
+            None,
+        )
+        | (KvTarget::Tcp { addr, ticket }, _) => Route::Tcp {
+            addr,
+            ticket: *ticket,
+        },
+        (KvTarget::Nixl { tcp: None, .. }, None) => {
+            return Err("NIXL target without a TCP data plane, and this worker has no NIXL".into())
+        }
+        (KvTarget::InProcess { decode_worker }, _) => Route::InProcess(decode_worker),
+    })
+}
+
+/// Moves `seq`'s prompt blocks (after the decode side's cached ones) into the
+/// blocks `req` names, by its target.
+async fn write_kv(
+    req: &PrefillRequest,
+    seq: SeqId,
+    engine: &EngineHandle,
+    nixl: Option<&PrefillNixl>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let skip = req.skip_blocks as usize;
+    let count = req.dest_blocks.len().saturating_sub(skip);
+    let dest: Vec<BlockId> = req
+        .dest_blocks
+        .iter()
+        .skip(skip)
+        .map(|b| BlockId(*b))
+        .collect();
+    let read = || async {
+        engine
+            .read_seq_blocks(seq, skip, count)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match route(&req.target, nixl)? {
+        Route::Nixl(nixl) => {
+            // Straight from this engine's pool: the sequence (so its blocks)
+            // lives until the write ends (`transferred` frees it).
+            let src = engine
+                .seq_block_ids(seq, skip, count)
+                .await
+                .map_err(|e| e.to_string())?;
+            nixl.write(&req.target, &src, timeout).await
+        }
+        Route::Tcp { addr, ticket } => {
+            tcp::send_blocks(addr, ticket, req.layout, &dest, read().await?, timeout)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Route::InProcess(decode_worker) => {
+            let store = inproc::lookup(decode_worker)
+                .ok_or_else(|| format!("decode worker {decode_worker} is not in this process"))?;
+            let write = store.write_import(SeqId(req.dest_seq), dest, read().await?);
+            tokio::time::timeout(timeout, write)
+                .await
+                .map_err(|_| format!("in-process KV copy timed out after {timeout:?}"))?
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
 fn send_decode(worker: &WorkerId, msg: DecodeWire) {
     if let Some(cell) = ractor::pg::get_members(&groups::worker_inbox(worker))
         .into_iter()
@@ -199,6 +336,47 @@ impl PrefillState {
                 reason,
             }),
         );
+    }
+
+    /// Answers a cancelled attempt: no write of it will land any more.
+    fn answer_cancelled(&self, req: &PrefillRequest) {
+        tracing::debug!(request = %req.id, attempt = req.attempt, "prefill cancelled");
+        send_decode(
+            &req.decode_worker,
+            DecodeWire::PrefillFailed(PrefillFailed {
+                id: req.id,
+                attempt: req.attempt,
+                prefill_worker: self.cfg.worker.clone(),
+                reason: "cancelled".into(),
+            }),
+        );
+    }
+
+    fn cancel(&mut self, id: RequestId, attempt: u32) {
+        if let Some(i) = self
+            .backlog
+            .iter()
+            .position(|r| r.id == id && r.attempt == attempt)
+        {
+            if let Some(req) = self.backlog.remove(i) {
+                self.answer_cancelled(&req);
+            }
+        }
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if job.req.attempt != attempt {
+            return;
+        }
+        match job.phase {
+            // The write reads this sequence's blocks: free them when it ends.
+            JobPhase::Transferring { .. } => job.cancelled = true,
+            JobPhase::Prefilling => {
+                let req = job.req.clone();
+                self.drop_job(id);
+                self.answer_cancelled(&req);
+            }
+        }
     }
 
     fn assign(&mut self, req: PrefillRequest) {
@@ -247,6 +425,7 @@ impl PrefillState {
                     req,
                     seq,
                     phase: JobPhase::Prefilling,
+                    cancelled: false,
                 },
             );
         }
@@ -300,7 +479,7 @@ impl PrefillState {
         }
     }
 
-    /// Reads the prompt's KV blocks and writes them to the decode side, in a task.
+    /// Writes the prompt's KV blocks to the decode side, in a task.
     fn transfer(&self, id: RequestId) {
         let Some(job) = self.jobs.get(&id) else {
             return;
@@ -308,43 +487,18 @@ impl PrefillState {
         let req = job.req.clone();
         let seq = job.seq;
         let engine = self.engine.clone();
+        let nixl = self.nixl.clone();
         let me = self.myself.clone();
-        let timeout = self.cfg.transfer_timeout;
+        let timeout = write_timeout(
+            self.cfg.transfer_timeout,
+            req.deadline_unix_ms,
+            now_unix_ms(),
+        );
         tokio::spawn(async move {
-            let skip = req.skip_blocks as usize;
-            let count = req.dest_blocks.len().saturating_sub(skip);
-            let dest: Vec<BlockId> = req
-                .dest_blocks
-                .iter()
-                .skip(skip)
-                .map(|b| BlockId(*b))
-                .collect();
-            let result = async {
-                let data = engine
-                    .read_seq_blocks(seq, skip, count)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                match &req.target {
-                    KvTarget::Tcp { addr, ticket } => {
-                        tcp::send_blocks(addr, *ticket, req.layout, &dest, data, timeout)
-                            .await
-                            .map_err(|e| e.to_string())
-                    }
-                    KvTarget::InProcess { decode_worker } => {
-                        let store = inproc::lookup(decode_worker).ok_or_else(|| {
-                            format!("decode worker {decode_worker} is not in this process")
-                        })?;
-                        store
-                            .write_import(SeqId(req.dest_seq), dest, data)
-                            .await
-                            .map_err(|e| e.to_string())
-                    }
-                    KvTarget::Nixl { .. } => {
-                        Err("NIXL transport is not available in this build".to_string())
-                    }
-                }
-            }
-            .await;
+            let result = match timeout {
+                Some(timeout) => write_kv(&req, seq, &engine, nixl.as_deref(), timeout).await,
+                None => Err("deadline passed before the KV write".to_string()),
+            };
             let _ = me.cast(PrefillMsg::Transferred {
                 id: req.id,
                 attempt: req.attempt,
@@ -363,6 +517,9 @@ impl PrefillState {
         };
         self.by_seq.remove(&job.seq);
         self.engine.send(EngineCmd::Abort { seq: job.seq });
+        if job.cancelled {
+            return self.answer_cancelled(&job.req);
+        }
         match (result, job.phase) {
             (Ok(()), JobPhase::Transferring { first }) => {
                 tracing::debug!(request = %id, attempt, "prefill done, KV written");

@@ -1,6 +1,6 @@
 //! The actor system in one process over a tiny model: requests routed to a decode
-//! worker, prompts prefilled remotely (in-process copy and the TCP data plane) or
-//! locally — greedy output token-identical to the engine alone — and the decode
+//! worker, prompts prefilled remotely (in-process copy, the TCP data plane, and
+//! NIXL with feature `nixl`) or locally — greedy output token-identical to the engine alone — and the decode
 //! worker's supervision: a prefill worker that dies or stalls is replaced by local
 //! prefill, invisibly to the client, with no KV block left behind.
 //!
@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use pdserve_actors::decode_worker::{
-    broadcast_load, DecodeArgs, DecodeConfig, DecodeMsg, DecodeWorker, KvIngress,
+    broadcast_load, DecodeArgs, DecodeConfig, DecodeMsg, DecodeWorker, KvIngress, QUARANTINE_SLACK,
 };
 use pdserve_actors::policy::routing::RoutingPolicy;
 use pdserve_actors::prefill_queue::QueueMsg;
@@ -108,6 +108,16 @@ struct Cluster {
 }
 
 async fn start(t: &Tiny, model: &str, ingress: KvIngress, timeout: Duration) -> Cluster {
+    start_with(t, model, ingress, timeout, QUARANTINE_SLACK).await
+}
+
+async fn start_with(
+    t: &Tiny,
+    model: &str,
+    ingress: KvIngress,
+    timeout: Duration,
+    quarantine_slack: Duration,
+) -> Cluster {
     let node = NodeName(format!("test-{model}"));
     let view = Arc::new(RwLock::new(RouterView::default()));
     let (router, _) = Actor::spawn(
@@ -130,6 +140,7 @@ async fn start(t: &Tiny, model: &str, ingress: KvIngress, timeout: Duration) -> 
         remote_prefill_timeout: timeout,
         ingress,
         load_interval: Duration::from_millis(100),
+        quarantine_slack,
     };
     let (decode, _) = Actor::spawn(
         None,
@@ -164,12 +175,22 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 async fn spawn_prefill(t: &Tiny, c: &Cluster, index: usize) -> ActorRef<PrefillMsg> {
+    spawn_prefill_with(t, c, index, false).await
+}
+
+async fn spawn_prefill_with(
+    t: &Tiny,
+    c: &Cluster,
+    index: usize,
+    nixl: bool,
+) -> ActorRef<PrefillMsg> {
     let cfg = PrefillConfig {
         worker: WorkerId::new(&c.node, Role::Prefill, index),
         model: c.model.clone(),
         model_spec: t.path.clone(),
         max_concurrent: 2,
         transfer_timeout: Duration::from_secs(5),
+        nixl,
     };
     let (p, _) = Actor::spawn(
         None,
@@ -522,4 +543,149 @@ async fn stalled_prefill_times_out_to_local_prefill() {
     prefill_counts(&c, (0, 1)).await;
     assert_no_leak(&c).await;
     c.decode.stop(None);
+}
+
+/// The NIXL transport between two engines of this process (two agents, real
+/// UCX writes). Skips, saying why, where libnixl cannot be loaded — unless
+/// `PDSERVE_REQUIRE_NIXL=1` (the test command), where that is a failure.
+#[cfg(feature = "nixl")]
+mod nixl {
+    use super::*;
+
+    fn available() -> bool {
+        match pdserve_actors::kv_nixl::available() {
+            Ok(()) => true,
+            Err(e) if std::env::var("PDSERVE_REQUIRE_NIXL").as_deref() == Ok("1") => {
+                panic!("PDSERVE_REQUIRE_NIXL=1 but NIXL is not available: {e}")
+            }
+            Err(e) => {
+                println!("skipped: {e}");
+                false
+            }
+        }
+    }
+
+    fn ingress() -> KvIngress {
+        KvIngress::Nixl {
+            listen: "127.0.0.1:0".into(),
+            advertise_host: "127.0.0.1".into(),
+        }
+    }
+
+    async fn wait_prefill_up(model: &str) {
+        wait_for("prefill worker up", || {
+            !ractor::pg::get_members(&groups::prefill_workers(model)).is_empty()
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn remote_prefill_over_nixl_is_token_identical() {
+        if !available() {
+            return;
+        }
+        let t = tiny();
+        let c = start(&t, "nixl", ingress(), Duration::from_secs(20)).await;
+        let _p = spawn_prefill_with(&t, &c, 0, true).await;
+        wait_prefill_up("nixl").await;
+        for (seed, len) in [(21, 45), (22, 64), (23, 17)] {
+            let p = prompt(seed, len);
+            let got = generate(&c, &p, 10).await;
+            assert_eq!(got.location, PrefillLocation::Remote, "prompt of {len}");
+            assert_eq!(got.tokens, alone(&t, &p, 10), "prompt of {len}");
+        }
+        prefill_counts(&c, (3, 0)).await;
+        assert_no_leak(&c).await;
+    }
+
+    /// A decode worker offering NIXL still takes KV from a prefill worker without
+    /// it, over the TCP data plane its target also names.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_prefill_worker_without_nixl_writes_over_tcp() {
+        if !available() {
+            return;
+        }
+        let t = tiny();
+        let c = start(&t, "nixl-tcp", ingress(), Duration::from_secs(20)).await;
+        let _p = spawn_prefill_with(&t, &c, 0, false).await;
+        wait_prefill_up("nixl-tcp").await;
+        let p = prompt(24, 45);
+        let got = generate(&c, &p, 10).await;
+        assert_eq!(got.location, PrefillLocation::Remote);
+        assert_eq!(got.tokens, alone(&t, &p, 10));
+        prefill_counts(&c, (1, 0)).await;
+        assert_no_leak(&c).await;
+    }
+
+    /// An abandoned NIXL attempt's blocks stay out of reuse while its (silent,
+    /// living) prefill worker could still write them — checked well after the
+    /// request ended, well before deadline + slack — and are freed after that.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_nixl_prefill_is_quarantined_then_freed() {
+        if !available() {
+            return;
+        }
+        let t = tiny();
+        let deadline = Duration::from_millis(400);
+        let slack = Duration::from_secs(6);
+        let c = start_with(&t, "nixl-stall", ingress(), deadline, slack).await;
+        let _silent = spawn_silent(&c).await;
+        let p = prompt(25, 40);
+        let started = Instant::now();
+        let got = generate(&c, &p, 10).await;
+        assert_eq!(got.location, PrefillLocation::Remote);
+        assert_eq!(got.tokens, alone(&t, &p, 10), "local fallback output");
+        let check_at = started + Duration::from_secs(3);
+        assert!(Instant::now() < check_at, "the fallback took over 3 s");
+        tokio::time::sleep_until(check_at.into()).await;
+        {
+            let v = c.view.read().unwrap();
+            let (l, _) = v
+                .workers
+                .values()
+                .find(|(l, _)| l.model == c.model && l.role == Role::Decode)
+                .unwrap();
+            assert_eq!((l.running, l.waiting), (0, 0), "the request is done");
+            assert!(
+                l.free_blocks < l.total_blocks,
+                "the abandoned attempt's blocks are still held"
+            );
+        }
+        assert_no_leak(&c).await;
+        assert!(
+            started.elapsed() >= deadline + slack,
+            "held until deadline + slack"
+        );
+        c.decode.stop(None);
+    }
+
+    /// When the prefill worker of an abandoned NIXL attempt dies, its blocks are
+    /// freed at once (no write can come from a dead worker), not after the slack.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_nixl_prefill_worker_frees_the_blocks_at_once() {
+        if !available() {
+            return;
+        }
+        let t = tiny();
+        let c = start(&t, "nixl-death", ingress(), Duration::from_secs(60)).await;
+        let silent = spawn_silent(&c).await;
+        let p = prompt(26, 40);
+        let killer = {
+            let silent = silent.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                silent.kill();
+            })
+        };
+        let started = Instant::now();
+        let got = generate(&c, &p, 10).await;
+        killer.await.unwrap();
+        assert_eq!(got.location, PrefillLocation::Remote);
+        assert_eq!(got.tokens, alone(&t, &p, 10));
+        assert_no_leak(&c).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "blocks freed by the death, not by the 60 s deadline"
+        );
+    }
 }

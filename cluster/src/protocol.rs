@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{NodeName, RequestId, Role, WorkerId};
 
 /// Checked when two nodes meet; nodes with different versions do not talk.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Upper bound of one encoded message, well under ractor_cluster's frame limit.
 pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
@@ -190,13 +190,15 @@ pub enum KvTarget {
     /// The decode node's TCP data plane; `ticket` authorizes exactly this transfer.
     Tcp { addr: String, ticket: u64 },
     /// NIXL: the decode agent's name and metadata, and the address of each
-    /// destination block in its registered memory.
+    /// destination block in its registered memory. `tcp`: the decode node's TCP
+    /// data plane, expecting the same ticket, for a prefill worker without NIXL.
     Nixl {
         agent: String,
         agent_metadata: Vec<u8>,
         block_addrs: Vec<u64>,
         device_id: u64,
         ticket: u64,
+        tcp: Option<String>,
     },
 }
 

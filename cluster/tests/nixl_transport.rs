@@ -96,7 +96,7 @@ async fn two_agents_move_real_bytes() {
 
     let bytes = data.len() as u64;
     recv.expect(42, SeqId(7), 3, bytes, Instant::now() + T);
-    let target = recv.target(42, addrs(&dst, &[5, 6, 7])).unwrap();
+    let target = recv.target(42, addrs(&dst, &[5, 6, 7]), None).unwrap();
     let src_addrs = addrs(&src, &[1, 2, 3]);
     let bb = LAYOUT.block_bytes();
     prefill
@@ -146,7 +146,7 @@ async fn two_agents_move_real_bytes() {
     // A forgotten ticket's write lands (NIXL cannot refuse it) but is not reported.
     recv.expect(43, SeqId(8), 1, bb as u64, Instant::now() + T);
     recv.forget(43);
-    let target = recv.target(43, addrs(&dst, &[0])).unwrap();
+    let target = recv.target(43, addrs(&dst, &[0]), None).unwrap();
     prefill
         .write_to_target(&target, &src_addrs[..1], bb, T)
         .await
@@ -178,7 +178,7 @@ async fn many_blocks_in_one_request() {
     let recv = NixlKvReceiver::start(decode, tx, Duration::from_millis(1));
     recv.expect(1, SeqId(1), n, data.len() as u64, Instant::now() + T);
     // Block i of the source lands in block n-1-i of the destination.
-    let target = recv.target(1, addrs(&dst, &reversed)).unwrap();
+    let target = recv.target(1, addrs(&dst, &reversed), None).unwrap();
     prefill
         .write_to_target(&target, &addrs(&src, &all), LAYOUT.block_bytes(), T)
         .await

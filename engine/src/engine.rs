@@ -321,6 +321,20 @@ impl Engine {
         self.runner.kv_block_region(block)
     }
 
+    /// The whole KV pool as one region, `(addr, len, kind)`, when its blocks lie
+    /// back to back in block order (what a transport registers once); `None`
+    /// otherwise. The pool is allocated once, so the region lives as the engine.
+    pub fn kv_pool_region(&self) -> Option<(usize, usize, MemKind)> {
+        let layout = self.kv_layout();
+        let n = layout.num_blocks;
+        let bb = layout.block_bytes();
+        let (base, len, kind) = self.kv_block_region(BlockId(0))?;
+        let last = BlockId(u32::try_from(n.checked_sub(1)?).ok()?);
+        let (last_addr, _, last_kind) = self.kv_block_region(last)?;
+        let contiguous = len == bb && last_kind == kind && last_addr == base + (n - 1) * bb;
+        contiguous.then_some((base, n * bb, kind))
+    }
+
     /// Leading tokens of `tokens` whose KV is in the prefix cache.
     pub fn cached_prefix_len(&self, tokens: &[u32]) -> usize {
         self.scheduler.cached_prefix_len(tokens)

@@ -85,3 +85,25 @@ fn aborting_a_reserved_import_frees_its_blocks() {
         .write_kv_block(pdserve_engine::BlockId(u32::MAX), &[0u8; 4])
         .is_err());
 }
+
+/// The pool is one host region with block `i` at `base + i * block_bytes`: what
+/// a NIXL transport registers once and addresses blocks in.
+#[test]
+fn kv_pool_is_one_region_in_block_order() {
+    use pdserve_engine::backend::MemKind;
+    use pdserve_engine::BlockId;
+    let spec = &TinyModelSpec::presets()[0];
+    let (_d, l) = load(spec, Form::Gguf(DType::Q8_0));
+    let e = Engine::new(l, small_engine_config()).unwrap();
+    let layout = e.kv_layout();
+    let (base, len, kind) = e.kv_pool_region().expect("CPU pool is one region");
+    assert_eq!(kind, MemKind::Host);
+    assert_eq!(len, layout.num_blocks * layout.block_bytes());
+    for b in [0, 1, layout.num_blocks - 1] {
+        let (addr, n, _) = e.kv_block_region(BlockId(b as u32)).unwrap();
+        assert_eq!(
+            (addr, n),
+            (base + b * layout.block_bytes(), layout.block_bytes())
+        );
+    }
+}

@@ -14,7 +14,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use pdserve_actors::decode_worker::{DecodeArgs, DecodeConfig, DecodeMsg, DecodeWorker, KvIngress};
+use pdserve_actors::decode_worker::{
+    DecodeArgs, DecodeConfig, DecodeMsg, DecodeWorker, KvIngress, QUARANTINE_SLACK,
+};
 use pdserve_actors::policy::routing::RoutingPolicy;
 use pdserve_actors::prefill_worker::{PrefillArgs, PrefillConfig, PrefillMsg, PrefillWorker};
 use pdserve_actors::router::{Router, RouterArgs, RouterMsg, RouterView};
@@ -27,7 +29,9 @@ use pdserve_gateway::config::{GatewayConfig, ReasoningParser};
 use ractor::{Actor, ActorRef};
 
 use crate::cli::{EngineArgs, ModelArgs};
-use crate::cli_serving::{DisaggArgs, FrontendArgs, HttpArgs, ServeArgs, WorkerArgs, WorkerRole};
+use crate::cli_serving::{
+    DisaggArgs, FrontendArgs, HttpArgs, KvTransport, ServeArgs, WorkerArgs, WorkerRole,
+};
 use backend::ActorBackend;
 
 /// Longest a draining worker waits for its requests to finish.
@@ -126,16 +130,38 @@ fn decode_config(
         remote_prefill_timeout: d.remote_prefill_timeout(),
         ingress,
         load_interval: Duration::from_millis(250),
+        quarantine_slack: QUARANTINE_SLACK,
     }
 }
 
-fn prefill_config(worker: WorkerId, model: &str, spec: &str, d: &DisaggArgs) -> PrefillConfig {
+fn prefill_config(
+    worker: WorkerId,
+    model: &str,
+    spec: &str,
+    d: &DisaggArgs,
+    nixl: bool,
+) -> PrefillConfig {
     PrefillConfig {
         worker,
         model: model.to_string(),
         model_spec: spec.to_string(),
         max_concurrent: d.max_prefill_concurrency.max(1),
         transfer_timeout: Duration::from_secs(10),
+        nixl,
+    }
+}
+
+/// Whether this worker moves KV over NIXL: `--kv-transport` resolved against
+/// what this build and machine have.
+fn use_nixl(t: KvTransport) -> Result<bool> {
+    match (t, pdserve_actors::kv_nixl::available()) {
+        (KvTransport::Tcp, _) => Ok(false),
+        (_, Ok(())) => Ok(true),
+        (KvTransport::Auto, Err(why)) => {
+            tracing::info!("KV over TCP: NIXL is not available ({why})");
+            Ok(false)
+        }
+        (KvTransport::Nixl, Err(why)) => Err(anyhow::anyhow!("--kv-transport nixl: {why}")),
     }
 }
 
@@ -240,6 +266,7 @@ pub fn run_serve(args: &ServeArgs) -> Result<()> {
                 &model,
                 &args.model.model,
                 &args.disagg,
+                false,
             );
             let (a, _) = Actor::spawn(
                 None,
@@ -294,9 +321,17 @@ pub fn run_worker(args: &WorkerArgs) -> Result<()> {
                     .kv_listen
                     .map(|a| a.to_string())
                     .unwrap_or_else(|| format!("{host}:0"));
-                let ingress = KvIngress::Tcp {
-                    listen,
-                    advertise_host: host.to_string(),
+                let advertise_host = host.to_string();
+                let ingress = if use_nixl(args.kv_transport)? {
+                    KvIngress::Nixl {
+                        listen,
+                        advertise_host,
+                    }
+                } else {
+                    KvIngress::Tcp {
+                        listen,
+                        advertise_host,
+                    }
                 };
                 let cfg = decode_config(
                     worker.clone(),
@@ -318,7 +353,14 @@ pub fn run_worker(args: &WorkerArgs) -> Result<()> {
                 workers.decode.push(a);
             }
             WorkerRole::Prefill => {
-                let cfg = prefill_config(worker.clone(), &model, &args.model.model, &args.disagg);
+                let nixl = use_nixl(args.kv_transport)?;
+                let cfg = prefill_config(
+                    worker.clone(),
+                    &model,
+                    &args.model.model,
+                    &args.disagg,
+                    nixl,
+                );
                 let (a, _) = Actor::spawn(
                     None,
                     PrefillWorker,

@@ -133,6 +133,7 @@ fn prefill_and_queue_wire_round_trip() {
             block_addrs: vec![0x7f00_0000_0000, 0x7f00_0001_0000],
             device_id: 0,
             ticket: 3,
+            tcp: Some("127.0.0.1:7201".into()),
         },
     ))));
     round_trip(PrefillWire::Cancel {

@@ -447,15 +447,27 @@ impl NixlKvReceiver {
     }
 
     /// The target a prefill worker writes `ticket`'s blocks to: this agent, its
-    /// metadata, and the address of each destination block.
-    pub fn target(&self, ticket: u64, block_addrs: Vec<u64>) -> Result<KvTarget, TransportError> {
+    /// metadata, the address of each destination block, and the TCP data plane
+    /// (`tcp`) a prefill worker without NIXL uses instead.
+    pub fn target(
+        &self,
+        ticket: u64,
+        block_addrs: Vec<u64>,
+        tcp: Option<String>,
+    ) -> Result<KvTarget, TransportError> {
         Ok(KvTarget::Nixl {
             agent: self.endpoint.name().to_string(),
             agent_metadata: self.endpoint.metadata()?,
             block_addrs,
             device_id: 0,
             ticket,
+            tcp,
         })
+    }
+
+    /// The agent this receiver serves.
+    pub fn endpoint(&self) -> &Arc<NixlEndpoint> {
+        &self.endpoint
     }
 
     /// Reports the ticket's notification, if it comes before `deadline`, as a
