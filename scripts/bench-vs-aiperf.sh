@@ -10,7 +10,13 @@
 # count, input/output lengths, streaming, ignore_eos and one warm-up request; aiperf
 # uses the server's token counts and a tokenizer converted from the model's GGUF
 # (scripts/gguf_tokenizer_json.py), and its /metrics scraping and GPU telemetry are
-# off so that both tools only send requests. Alternating rounds expose machine noise.
+# off so that both tools only send requests. Both sample greedily (temperature 0);
+# aiperf gets one more prompt than it measures, so its warm-up prompt is not measured
+# again (a prefix-cache hit), and one worker and one record processor, so that its
+# own CPU use takes as little as it can from the server's cores (on a 2-core machine
+# its default pool of processes slowed every server step by ~1.3x: both tools define
+# every figure the same way, so that client load was the whole disagreement).
+# Alternating rounds expose machine noise.
 # Prints both tools' figures and their ratios, and each tool's own CPU time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +65,8 @@ for r in $(seq 1 "$ROUNDS"); do
         --endpoint-type completions --streaming --concurrency "$C" --request-count "$N" \
         --isl "$ISL" --isl-stddev 0 --osl "$OSL" --osl-stddev 0 \
         --extra-inputs ignore_eos:true --extra-inputs "max_tokens:$OSL" \
+        --extra-inputs temperature:0 --num-dataset-entries $((N + 1)) \
+        --workers-max 1 --record-processors 1 \
         --use-server-token-count --random-seed "$r" --warmup-request-count 1 \
         --no-server-metrics --no-gpu-telemetry --ui-type none \
         --artifact-dir "$OUT/aiperf-$r" >"$OUT/aiperf-$r.log" 2>&1
@@ -72,6 +80,7 @@ rows = [
     ("TTFT p99 (ms)", ("ttft_ms", "p99"), ("time_to_first_token", "p99")),
     ("ITL p50 (ms), per chunk gap", ("itl_ms", "p50"), ("inter_chunk_latency", "p50")),
     ("TPOT p50 (ms)", ("tpot_ms", "p50"), ("inter_token_latency", "p50")),
+    ("tok/s per user p50", ("user_tok_s", "p50"), ("output_token_throughput_per_user", "p50")),
     ("E2E p50 (ms)", ("e2e_ms", "p50"), ("request_latency", "p50")),
     ("output tok/s", ("output_throughput", None), ("output_token_throughput", "avg")),
     ("requests/s", ("request_throughput", None), ("request_throughput", "avg")),

@@ -133,6 +133,11 @@ pub struct WorkerArgs {
     /// `auto` (NIXL where this build has it and libnixl loads, else TCP).
     #[arg(long, value_enum, default_value_t = KvTransport::Auto)]
     pub kv_transport: KvTransport,
+    /// Serve the worker's probes on this address: `GET /live` (the process
+    /// answers) and `GET /health` (200 once it takes work; 503 while loading,
+    /// without cluster peers, or draining).
+    #[arg(long)]
+    pub health_listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

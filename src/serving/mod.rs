@@ -9,6 +9,7 @@
 
 mod backend;
 mod gateway_actor;
+mod worker_health;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -179,6 +180,13 @@ struct Workers {
 }
 
 impl Workers {
+    /// Whether every worker actor is still running.
+    fn running(&self) -> bool {
+        let up = |s: ractor::ActorStatus| s == ractor::ActorStatus::Running;
+        self.decode.iter().all(|a| up(a.get_status()))
+            && self.prefill.iter().all(|a| up(a.get_status()))
+    }
+
     async fn drain_and_stop(self) {
         let until = Instant::now() + DRAIN_LIMIT;
         for p in &self.prefill {
@@ -296,13 +304,19 @@ pub fn run_serve(args: &ServeArgs) -> Result<()> {
 
 /// `pdserve worker --role decode|prefill`: one worker node joined to the cluster.
 pub fn run_worker(args: &WorkerArgs) -> Result<()> {
-    let engine = load_engine(&args.model, &args.engine)?;
     let rt = runtime()?;
     rt.block_on(async {
         let (label, role) = match args.role {
             WorkerRole::Decode => ("decode", Role::Decode),
             WorkerRole::Prefill => ("prefill", Role::Prefill),
         };
+        // The probes answer from the start: /live while the model loads too.
+        let health = worker_health::WorkerHealth::new(label);
+        if let Some(addr) = args.health_listen {
+            let bound = worker_health::serve(addr, health.clone()).await?;
+            eprintln!("pdserve worker: probes on http://{bound}/health and /live");
+        }
+        let engine = load_engine(&args.model, &args.engine)?;
         let node = Node::start(NodeConfig {
             label: label.into(),
             listen: args.cluster.cluster_listen,
@@ -379,7 +393,17 @@ pub fn run_worker(args: &WorkerArgs) -> Result<()> {
             "pdserve worker {worker} serving {model:?}; cluster address {}",
             node.listen
         );
-        shutdown_signal().await;
+        health.started(&worker.0);
+        let signal = shutdown_signal();
+        tokio::pin!(signal);
+        loop {
+            health.observe(workers.running(), node.peers().await.len());
+            tokio::select! {
+                _ = &mut signal => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+        health.draining();
         workers.drain_and_stop().await;
         node.shutdown().await;
         Ok(())

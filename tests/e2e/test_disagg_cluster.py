@@ -5,13 +5,17 @@ joined by --seed, serving the default model:
 2. SIGKILL of the prefill worker while long prompts are in flight: every request
    still completes (the decode worker prefills locally);
 3. a restarted prefill worker rejoins and takes remote prefills again;
-4. a node with the wrong cluster cookie is refused, and both sides log it.
+4. a node with the wrong cluster cookie is refused, and both sides log it;
+and the workers' probe endpoints (--health-listen) say ready once they serve.
 """
 
 import concurrent.futures as cf
 import time
 
-from _pd import Cluster, chat, fail, long_prompt, metric, require_binary, wait_until, watchdog
+import requests
+
+from _pd import (Cluster, chat, fail, free_port, long_prompt, metric, require_binary, wait_until,
+                 watchdog)
 
 require_binary()
 watchdog(900, "test_disagg_cluster")
@@ -21,7 +25,9 @@ c = Cluster(worker_args=["--max-local-prefill-length", "32", "--kv-cache-mb", "1
             cookie=cookie)
 base = c.base
 front = c.front
-decode = c.start_worker("decode", "decode")
+decode_probes = f"http://127.0.0.1:{free_port()}"
+decode = c.start_worker("decode", "decode",
+                        extra=["--health-listen", decode_probes.removeprefix("http://")])
 # The prefill worker joins through the seed's name, as pods do through a Service
 # name: the node resolves it itself, on every attempt, trying each address.
 seed_by_name = "localhost:" + c.seed.rsplit(":", 1)[1]
@@ -29,6 +35,16 @@ prefill = c.start_worker("prefill", "prefill", seed=seed_by_name)
 procs = [front, decode, prefill]
 model = c.wait_ready(180)
 print(f"serving {model!r}")
+
+# The decode worker's probes: live, and ready (it serves and has cluster peers).
+if requests.get(f"{decode_probes}/live", timeout=10).status_code != 200:
+    fail("decode worker /live is not 200", procs)
+wait_until("decode worker /health 200",
+           lambda: requests.get(f"{decode_probes}/health", timeout=10).status_code == 200, 30, procs)
+h = requests.get(f"{decode_probes}/health", timeout=10).json()
+if h["status"] != "ready" or h["role"] != "decode" or h["peers"] < 2:
+    fail(f"decode worker /health says {h}", procs)
+print("decode worker probes:", h)
 
 # Short prompt: local prefill on the decode worker.
 r = chat(base, model, "Hi!", max_tokens=8)
