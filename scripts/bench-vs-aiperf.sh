@@ -6,17 +6,20 @@
 #      /tmp/pdserve-vs-aiperf), AIPERF_VENV (/tmp/aiperf-venv), PDSERVE_BIN
 #      (target/release/pdserve, built when absent).
 #
-# Each round runs pdserve bench, then aiperf, with the same concurrency, request
+# Each round runs aiperf, then pdserve bench, with the same concurrency, request
 # count, input/output lengths, streaming, ignore_eos and one warm-up request; aiperf
 # uses the server's token counts and a tokenizer converted from the model's GGUF
 # (scripts/gguf_tokenizer_json.py), and its /metrics scraping and GPU telemetry are
 # off so that both tools only send requests. Both sample greedily (temperature 0);
 # aiperf gets one more prompt than it measures, so its warm-up prompt is not measured
 # again (a prefix-cache hit), and one worker and one record processor, so that its
-# own CPU use takes as little as it can from the server's cores (on a 2-core machine
-# its default pool of processes slowed every server step by ~1.3x: both tools define
-# every figure the same way, so that client load was the whole disagreement).
-# Alternating rounds expose machine noise.
+# own CPU use takes as little as it can from the server's cores. Both tools define
+# every figure the same way (checked against aiperf 0.13's sources); on a 2-core
+# machine aiperf itself still takes ~0.9 of a core, which the CPU-bound server loses.
+# So each round also runs pdserve bench a second time beside a CPU burner that
+# takes as many cores as aiperf's own process did in that round: with the client
+# CPU matched, the two tools' figures should agree. Alternating rounds expose
+# machine noise.
 # Prints both tools' figures and their ratios, and each tool's own CPU time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,12 +55,36 @@ done
 MODEL=$(curl -sf "$URL/v1/models" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
 echo "server $URL, model $MODEL; $(nproc) cores; $(date -u '+%Y-%m-%d %H:%M UTC')"
 
-for r in $(seq 1 "$ROUNDS"); do
-    echo "round $r: pdserve bench (load: $(cut -d' ' -f1-3 /proc/loadavg))"
-    /usr/bin/time -f "%U %S %e" -o "$OUT/pdserve-$r.time" \
+# burn FRACTION SECONDS...: keeps FRACTION of a core (split over one process per
+# started core) busy in short duty cycles until killed — the CPU a client like
+# aiperf takes from the server, without its requests.
+burn() {
+    python3 - "$1" <<'PY' &
+import math, multiprocessing as mp, sys, time
+frac = min(float(sys.argv[1]), 1.9)
+n = max(1, math.ceil(frac))
+duty = frac / n
+def spin():
+    while True:
+        t = time.perf_counter()
+        while time.perf_counter() - t < duty * 0.01:
+            pass
+        time.sleep((1 - duty) * 0.01)
+for _ in range(n - 1):
+    mp.Process(target=spin, daemon=True).start()
+spin()
+PY
+    BURNER=$!
+}
+
+bench() { # bench NAME SEED
+    /usr/bin/time -f "%U %S %e" -o "$OUT/$1.time" \
         "$BIN" bench --url "$URL" --model "$MODEL" --concurrency "$C" --num-requests "$N" \
-        --input-len "$ISL" --output-len "$OSL" --warmup 1 --seed "$r" \
-        --json "$OUT/pdserve-$r.json" --plot "$OUT/pdserve-$r.png" >"$OUT/pdserve-$r.txt"
+        --input-len "$ISL" --output-len "$OSL" --warmup 1 --seed "$2" \
+        --json "$OUT/$1.json" --plot "$OUT/$1.png" >"$OUT/$1.txt"
+}
+
+for r in $(seq 1 "$ROUNDS"); do
     echo "round $r: aiperf (load: $(cut -d' ' -f1-3 /proc/loadavg))"
     rm -rf "$OUT/aiperf-$r"
     /usr/bin/time -f "%U %S %e" -o "$OUT/aiperf-$r.time" \
@@ -70,6 +97,14 @@ for r in $(seq 1 "$ROUNDS"); do
         --use-server-token-count --random-seed "$r" --warmup-request-count 1 \
         --no-server-metrics --no-gpu-telemetry --ui-type none \
         --artifact-dir "$OUT/aiperf-$r" >"$OUT/aiperf-$r.log" 2>&1
+    echo "round $r: pdserve bench (load: $(cut -d' ' -f1-3 /proc/loadavg))"
+    bench "pdserve-$r" "$r"
+    frac=$(awk '{printf "%.2f", ($1 + $2) / $3}' "$OUT/aiperf-$r.time")
+    echo "round $r: pdserve bench beside a CPU burner at aiperf's $frac cores"
+    burn "$frac"
+    bench "pdserve-burn-$r" "$r"
+    kill "$BURNER" 2>/dev/null || true
+    wait "$BURNER" 2>/dev/null || true
 done
 
 python3 - "$OUT" "$ROUNDS" <<'EOF'
@@ -88,17 +123,20 @@ rows = [
 def cpu(path):
     u, s, e = open(path).read().split()[-3:]
     return float(u) + float(s), float(e)
-print("| round | figure | pdserve bench | aiperf | ratio (pdserve bench / aiperf) |")
-print("|---|---|---|---|---|")
+print("| round | figure | aiperf | pdserve bench | ratio | pdserve bench, matched client CPU | ratio |")
+print("|---|---|---|---|---|---|---|")
 for r in range(1, rounds + 1):
     ours = json.load(open(f"{out}/pdserve-{r}.json"))["summary"]
+    burnt = json.load(open(f"{out}/pdserve-burn-{r}.json"))["summary"]
     theirs = json.load(open(f"{out}/aiperf-{r}/profile_export_aiperf.json"))
     for name, (ok, of), (ak, af) in rows:
-        a = ours[ok] if of is None else ours[ok][of]
-        b = theirs[ak][af]
-        print(f"| {r} | {name} | {a:.2f} | {b:.2f} | {a / b:.2f} |")
+        pick = lambda d: d[ok] if of is None else d[ok][of]
+        a, m, b = pick(ours), pick(burnt), theirs[ak][af]
+        print(f"| {r} | {name} | {b:.2f} | {a:.2f} | {a / b:.2f} | {m:.2f} | {m / b:.2f} |")
     (oc, ow), (ac, aw) = cpu(f"{out}/pdserve-{r}.time"), cpu(f"{out}/aiperf-{r}.time")
-    print(f"| {r} | client CPU s / wall s | {oc:.2f} / {ow:.0f} | {ac:.2f} / {aw:.0f} | {oc / ac:.3f} (CPU) |")
-    print(f"| {r} | completed / failed | {ours['completed']} / {ours['failed']} | "
-          f"{theirs['request_count']['avg']:.0f} / {len(theirs.get('error_summary') or [])} | |")
+    print(f"| {r} | client CPU s / wall s | {ac:.2f} / {aw:.0f} | {oc:.2f} / {ow:.0f} | | "
+          f"+ burner at {ac / aw:.2f} cores | |")
+    print(f"| {r} | completed / failed | {theirs['request_count']['avg']:.0f} / "
+          f"{len(theirs.get('error_summary') or [])} | {ours['completed']} / {ours['failed']} | | "
+          f"{burnt['completed']} / {burnt['failed']} | |")
 EOF

@@ -287,7 +287,8 @@ async fn write_kv(
             .await
             .map_err(|e| e.to_string())
     };
-    match route(&req.target, nixl)? {
+    let started = Instant::now();
+    let (transport, written) = match route(&req.target, nixl)? {
         Route::Nixl(nixl) => {
             // Straight from this engine's pool: the sequence (so its blocks)
             // lives until the write ends (`transferred` frees it).
@@ -295,23 +296,28 @@ async fn write_kv(
                 .seq_block_ids(seq, skip, count)
                 .await
                 .map_err(|e| e.to_string())?;
-            nixl.write(&req.target, &src, timeout).await
+            ("nixl", nixl.write(&req.target, &src, timeout).await)
         }
         Route::Tcp { addr, ticket } => {
-            tcp::send_blocks(addr, ticket, req.layout, &dest, read().await?, timeout)
-                .await
-                .map_err(|e| e.to_string())
+            let sent = tcp::send_blocks(addr, ticket, req.layout, &dest, read().await?, timeout);
+            ("tcp", sent.await.map_err(|e| e.to_string()))
         }
         Route::InProcess(decode_worker) => {
             let store = inproc::lookup(decode_worker)
                 .ok_or_else(|| format!("decode worker {decode_worker} is not in this process"))?;
             let write = store.write_import(SeqId(req.dest_seq), dest, read().await?);
-            tokio::time::timeout(timeout, write)
+            let copied = tokio::time::timeout(timeout, write)
                 .await
-                .map_err(|_| format!("in-process KV copy timed out after {timeout:?}"))?
-                .map_err(|e| e.to_string())
+                .map_err(|_| format!("in-process KV copy timed out after {timeout:?}"))?;
+            ("in-process", copied.map_err(|e| e.to_string()))
         }
+    };
+    if written.is_ok() {
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let bytes = count * req.layout.block_bytes();
+        tracing::debug!(request = %req.id, transport, blocks = count, bytes, ms, "KV written");
     }
+    written
 }
 
 fn send_decode(worker: &WorkerId, msg: DecodeWire) {
