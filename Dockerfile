@@ -38,7 +38,8 @@ ENV PDSERVE_CACHE=/var/cache/pdserve \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 USER 10001:10001
 WORKDIR /var/cache/pdserve
-# 8000: HTTP API; 7100: cluster (--cluster-listen); 7200: KV data plane (--kv-listen).
-EXPOSE 8000 7100 7200
+# 8000: HTTP API; 7100: cluster (--cluster-listen); 7200: KV data plane (--kv-listen);
+# 7300: a worker's probes (--health-listen).
+EXPOSE 8000 7100 7200 7300
 ENTRYPOINT ["pdserve"]
 CMD ["serve"]
