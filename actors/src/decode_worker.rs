@@ -18,9 +18,9 @@
 //! NIXL writes are one-sided: the engine cannot refuse a late one. So when a remote
 //! prefill over NIXL is abandoned, its import sequence is *quarantined* rather
 //! than aborted — its blocks stay out of reuse until no write of that attempt can
-//! land any more: the prefill worker answered the attempt (`PrefillDone` or
-//! `PrefillFailed`, which it sends for a cancelled attempt once its write is
-//! over), the prefill worker is gone, or the attempt's deadline plus
+//! land any more: the queue never handed the attempt out, the prefill worker
+//! answered it (`PrefillDone` or `PrefillFailed`, which it sends for a cancelled
+//! attempt once its write is over), the prefill worker is gone, or the attempt's deadline plus
 //! `quarantine_slack` ([`QUARANTINE_SLACK`] by default) passed (a prefill worker starts no write after the
 //! deadline and bounds each write by it; node clocks are assumed to agree within
 //! the slack).
@@ -64,6 +64,12 @@ pub enum DecodeMsg {
         id: RequestId,
         attempt: u32,
         worker: WorkerId,
+    },
+    /// The prefill queue dropped attempt `attempt` of `id` on cancel, before
+    /// handing it to any prefill worker.
+    NeverAssigned {
+        id: RequestId,
+        attempt: u32,
     },
     Tick,
     /// Stop taking work (SIGTERM); reply with the number of requests still held.
@@ -360,6 +366,9 @@ impl Actor for DecodeWorker {
                 if let Some(q) = st.quarantine.get_mut(&(id, attempt)) {
                     q.worker = Some(worker);
                 }
+            }
+            DecodeMsg::NeverAssigned { id, attempt } => {
+                st.release_quarantined(id, attempt);
             }
             DecodeMsg::Engine(ev) => st.on_engine(ev),
             DecodeMsg::Tick => st.tick(),

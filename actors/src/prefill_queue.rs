@@ -6,7 +6,8 @@
 //!
 //! Invariants: a request is handed out at most once per attempt; a cancelled
 //! request is never handed out; the decode worker learns who got each request
-//! (`Assigned`) so that it can supervise it.
+//! (`Assigned`) so that it can supervise it, and which cancelled attempts were
+//! never handed out (`NeverAssigned`: no prefill worker can write for them).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -73,7 +74,16 @@ impl Actor for PrefillQueue {
                 st.credits.insert(worker, free_slots);
             }
             QueueMsg::Enqueue(r) => st.pending.push_back(*r),
-            QueueMsg::Cancel { id } => st.pending.retain(|r| r.id != id),
+            QueueMsg::Cancel { id } => {
+                let (gone, kept) = st.pending.drain(..).partition(|r| r.id == id);
+                st.pending = kept;
+                for r in gone {
+                    let _ = st.decode.cast(DecodeMsg::NeverAssigned {
+                        id,
+                        attempt: r.attempt,
+                    });
+                }
+            }
         }
         st.dispatch();
         st.depth.store(st.pending.len(), Ordering::Relaxed);

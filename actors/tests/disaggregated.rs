@@ -453,6 +453,8 @@ struct Silent;
 struct SilentArgs {
     worker: WorkerId,
     model: String,
+    /// Free slots it announces (0: the queue never hands it anything).
+    slots: u32,
 }
 
 impl Actor for Silent {
@@ -470,7 +472,7 @@ impl Actor for Silent {
             let q: ActorRef<QueueMsg> = q.into();
             q.cast(QueueMsg::Wire(QueueWire::Capacity {
                 worker: a.worker.clone(),
-                free_slots: 8,
+                free_slots: a.slots,
             }))?;
         }
         Ok(())
@@ -486,12 +488,17 @@ impl Actor for Silent {
 }
 
 async fn spawn_silent(c: &Cluster) -> ActorRef<PrefillMsg> {
+    spawn_silent_with(c, 8).await
+}
+
+async fn spawn_silent_with(c: &Cluster, slots: u32) -> ActorRef<PrefillMsg> {
     let (a, _) = Actor::spawn(
         None,
         Silent,
         SilentArgs {
             worker: WorkerId::new(&c.node, Role::Prefill, 9),
             model: c.model.clone(),
+            slots,
         },
     )
     .await
@@ -655,6 +662,36 @@ mod nixl {
         assert!(
             started.elapsed() >= deadline + slack,
             "held until deadline + slack"
+        );
+        c.decode.stop(None);
+    }
+
+    /// An abandoned NIXL attempt that the queue never handed out (no prefill
+    /// worker had room) cannot be written by anyone: its blocks are freed at
+    /// once, not after deadline + slack.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_never_assigned_nixl_attempt_frees_the_blocks_at_once() {
+        if !available() {
+            return;
+        }
+        let t = tiny();
+        let deadline = Duration::from_millis(400);
+        let slack = Duration::from_secs(8);
+        let c = start_with(&t, "nixl-queued", ingress(), deadline, slack).await;
+        let _full = spawn_silent_with(&c, 0).await;
+        let p = prompt(27, 40);
+        let started = Instant::now();
+        let got = generate(&c, &p, 10).await;
+        assert_eq!(
+            got.location,
+            PrefillLocation::Remote,
+            "queued for remote first"
+        );
+        assert_eq!(got.tokens, alone(&t, &p, 10));
+        assert_no_leak(&c).await;
+        assert!(
+            started.elapsed() < deadline + slack / 2,
+            "freed when the queue dropped it, not after deadline + slack"
         );
         c.decode.stop(None);
     }
