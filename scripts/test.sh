@@ -13,6 +13,9 @@
 #   nixl     cargo test -p pdserve-cluster -p pdserve-actors --features nixl (NIXL
 #            transfers and workers over NIXL, real libnixl from scripts/fetch-nixl.sh;
 #            required to run, not skip — and then in e2e too)
+#   cuda     cargo test -p pdserve-engine --features cuda --test cuda: the CUDA backend
+#            builds without CUDA, its device probe fails cleanly here, and its kernels
+#            compile to PTX with NVRTC (from scripts/fetch-nvrtc.sh; required to run)
 #   k8s      scripts/validate-k8s.py: render deploy/k8s (base, overlays) and check it
 #            against the Kubernetes schemas and cross-references, offline; with a
 #            release build, also every container's flags against the binary
@@ -29,7 +32,7 @@
 #   PDSERVE_MODELS_DIR  model directory (default $PDSERVE_CACHE/models)
 #   PDSERVE_SKIP_APT=1  do not check/install Debian packages
 #   PDSERVE_FAIL_FAST=1 stop at the first failing phase
-#   PDSERVE_PHASES="k8s e2e"  run only these of fmt clippy build test nixl k8s docker e2e
+#   PDSERVE_PHASES="k8s e2e"  run only these of fmt clippy build test nixl cuda k8s docker e2e
 #                       (prereqs, assets and venv always run; a skipped build reuses
 #                       an existing target/release/pdserve)
 #   PDSERVE_FETCH_LARGE=1  also fetch the optional large model
@@ -280,6 +283,18 @@ run_nixl_tests() {
     return "$rc"
 }
 
+# The CUDA backend without a GPU: NVRTC from the nvidia-cuda-nvrtc wheel
+# (scripts/fetch-nvrtc.sh, cached) compiles the kernels; the tests must run.
+run_cuda_tests() {
+    bash "$ROOT/scripts/fetch-nvrtc.sh" >/dev/null || return 1
+    local log="$LOGDIR/cuda-test.log" rc
+    PDSERVE_REQUIRE_NVRTC=1 timeout --kill-after=30 1800 \
+        cargo test -p pdserve-engine --features cuda --test cuda -- --nocapture 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    count_cargo_results "$log"
+    return "$rc"
+}
+
 lint_dockerfile() {
     "$PDSERVE_VENV/bin/hadolint" "$ROOT/Dockerfile" && echo "hadolint: Dockerfile clean"
 }
@@ -309,6 +324,7 @@ main() {
     wanted test && phase test run_cargo_tests
     # Once libnixl is fetched and works, the end-to-end NIXL checks must run too.
     wanted nixl && phase nixl run_nixl_tests && export PDSERVE_REQUIRE_NIXL=1
+    wanted cuda && phase cuda run_cuda_tests
     wanted k8s && phase k8s run_k8s
     wanted docker && phase docker lint_dockerfile
     if ! wanted e2e; then

@@ -93,7 +93,7 @@ pub fn run(args: &BenchActorsArgs) -> Result<()> {
     let opts = args.model.load_options();
     let load = || -> Result<Engine> {
         let m = pdserve_engine::loader::load_model(&args.model.model, &opts)?;
-        let mut c = args.engine.engine_config();
+        let mut c = args.engine.engine_config()?;
         c.enable_prefix_cache = false;
         Ok(Engine::new(m, c)?)
     };

@@ -102,7 +102,7 @@ pub fn run(args: &BenchEngineArgs) -> Result<()> {
             p + g
         );
     }
-    let engine_config = sized_engine_config(args, &model.config, batch, p + g);
+    let engine_config = sized_engine_config(args, &model.config, batch, p + g)?;
     let mut engine = Engine::new(model, engine_config)?;
     let vocab = token_pool(engine.tokenizer(), engine.model_config());
     if vocab.is_empty() {
@@ -196,8 +196,8 @@ fn sized_engine_config(
     model: &ModelConfig,
     batch: usize,
     seq_len: usize,
-) -> EngineConfig {
-    let mut c = args.engine.engine_config();
+) -> Result<EngineConfig> {
+    let mut c = args.engine.engine_config()?;
     c.max_num_seqs = c.max_num_seqs.max(batch);
     if args.engine.kv_cache_mb.is_none() {
         let blocks_per_seq = seq_len.div_ceil(c.block_size.max(1)) + 1;
@@ -209,7 +209,7 @@ fn sized_engine_config(
             .saturating_mul(bytes_per_token);
         c.kv_cache_bytes = c.kv_cache_bytes.max(need.saturating_add(need / 8));
     }
-    c
+    Ok(c)
 }
 
 /// Token ids a prompt may use: below the model's vocab size and not special.

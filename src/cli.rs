@@ -3,6 +3,7 @@
 
 use clap::{Args, Parser, Subcommand};
 
+use pdserve_engine::device::Device;
 use pdserve_engine::engine::EngineConfig;
 use pdserve_engine::loader::LoadOptions;
 
@@ -80,10 +81,19 @@ pub struct EngineArgs {
     /// Cap on the context length (default: the model's).
     #[arg(long)]
     pub max_model_len: Option<usize>,
+    /// Where the engine runs: `cpu`, or `cuda[:N]` (builds with `--features cuda`;
+    /// the CUDA forward pass is not built yet, so `cuda` reports the device found
+    /// and stops).
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
 }
 
 impl EngineArgs {
-    pub fn engine_config(&self) -> EngineConfig {
+    /// The engine settings, once the device is known to be usable here.
+    pub fn engine_config(&self) -> anyhow::Result<EngineConfig> {
+        self.device
+            .check()
+            .map_err(|e| anyhow::anyhow!("--device {}: {e}", self.device))?;
         let mut c = EngineConfig::default();
         if let Some(mb) = self.kv_cache_mb {
             c.kv_cache_bytes = mb.saturating_mul(1 << 20);
@@ -96,7 +106,7 @@ impl EngineArgs {
         }
         c.enable_prefix_cache = !self.no_prefix_cache;
         c.max_model_len = self.max_model_len;
-        c
+        Ok(c)
     }
 }
 
@@ -210,7 +220,7 @@ mod tests {
         assert_eq!(g.system.as_deref(), Some("Be brief."));
         assert_eq!((g.max_tokens, g.top_k, g.seed), (17, 40, Some(42)));
         assert_eq!((g.temperature, g.top_p), (0.7, 0.9));
-        assert_eq!(g.engine.engine_config().kv_cache_bytes, 64 << 20);
+        assert_eq!(g.engine.engine_config().unwrap().kv_cache_bytes, 64 << 20);
     }
 
     #[test]
@@ -229,7 +239,7 @@ mod tests {
             (256, 0.0, 1.0, 0)
         );
         assert!(g.model.load_options().allow_download);
-        let c = g.engine.engine_config();
+        let c = g.engine.engine_config().unwrap();
         assert!(c.enable_prefix_cache);
         assert_eq!(c.kv_cache_bytes, EngineConfig::default().kv_cache_bytes);
     }
@@ -268,7 +278,7 @@ mod tests {
         assert_eq!((b.batch, b.prompt_len, b.gen_len, b.warmup), (8, 64, 32, 2));
         assert!(b.json);
         assert!(!b.model.load_options().allow_download);
-        assert!(!b.engine.engine_config().enable_prefix_cache);
+        assert!(!b.engine.engine_config().unwrap().enable_prefix_cache);
     }
 
     #[test]

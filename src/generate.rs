@@ -15,9 +15,10 @@ use pdserve_engine::SeqId;
 use crate::cli::GenerateArgs;
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
+    let config = args.engine.engine_config()?;
     let model = load_model(&args.model.model, &args.model.load_options())?;
     let name = model.name.clone();
-    let mut engine = Engine::new(model, args.engine.engine_config())?;
+    let mut engine = Engine::new(model, config)?;
 
     let prompt_tokens = encode_prompt(engine.tokenizer(), args)?;
     let params = sampling_params(args);

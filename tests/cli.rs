@@ -197,6 +197,21 @@ fn serving_commands_reject_bad_settings_before_starting() {
         home.path(),
     );
     assert_one_line_error(&timeout, "--header-timeout-s");
+    // No CUDA in this build (or no device): one line, before any model is loaded.
+    let cuda = pdserve(
+        &["generate", "--offline", "--device", "cuda", "--prompt", "x"],
+        home.path(),
+    );
+    assert_one_line_error(&cuda, "--device cuda:0");
+    let out = pdserve(
+        &["generate", "--device", "tpu", "--prompt", "x"],
+        home.path(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a device that does not exist is a usage error"
+    );
     assert!(
         line.contains("kv-aware"),
         "lists the valid policies: {line}"

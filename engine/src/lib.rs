@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod fixtures;

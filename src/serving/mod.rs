@@ -64,9 +64,10 @@ async fn shutdown_signal() {
 }
 
 fn load_engine(model: &ModelArgs, engine: &EngineArgs) -> Result<Engine> {
+    let config = engine.engine_config()?;
     let loaded = load_model(&model.model, &model.load_options())
         .with_context(|| format!("cannot load model {:?}", model.model))?;
-    Engine::new(loaded, engine.engine_config()).context("cannot build the engine")
+    Engine::new(loaded, config).context("cannot build the engine")
 }
 
 fn gateway_config(http: &HttpArgs) -> Result<GatewayConfig> {

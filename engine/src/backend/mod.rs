@@ -6,6 +6,8 @@
 //! passed explicitly; ops never allocate except `alloc`.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use crate::kv::pool::KvLayout;
 use crate::quant::QMatrix;
