@@ -212,28 +212,30 @@ fn run(rows: &[usize], cols: usize, n: usize, ys: &mut [&mut [f32]], tile: &Tile
         }
     } else {
         // A few activation rows: split the weight rows; each task fills a local
-        // [n × chunk] block that is then scattered into y.
+        // [n × chunk] block and copies it into its own slice of every row of y.
         let per = total_rows.div_ceil(max_tasks).next_multiple_of(4);
-        let pieces: Vec<(usize, Range)> = (0..rows.len())
-            .flat_map(|j| {
-                (0..rows[j].div_ceil(per)).map(move |t| (j, t * per..((t + 1) * per).min(rows[j])))
-            })
-            .collect();
-        let parts: Vec<(usize, Range, Vec<f32>)> = pieces
-            .into_par_iter()
-            .map(|(j, r)| {
-                let mut out = vec![0f32; n * r.len()];
-                tile(j, r.clone(), 0..n, &mut out, r.len());
-                (j, r, out)
-            })
-            .collect();
-        for (j, r, out) in parts {
-            let (len, stride) = (r.len(), rows[j]);
-            for i in 0..n {
-                ys[j][i * stride + r.start..i * stride + r.end]
-                    .copy_from_slice(&out[i * len..(i + 1) * len]);
+        let mut pieces: Vec<(usize, Range, Vec<&mut [f32]>)> = Vec::new();
+        for (j, y) in ys.iter_mut().enumerate() {
+            let mut slots: Vec<Vec<&mut [f32]>> = (0..rows[j].div_ceil(per))
+                .map(|_| Vec::with_capacity(n))
+                .collect();
+            for y_row in y.chunks_mut(rows[j]) {
+                for (slot, piece) in slots.iter_mut().zip(y_row.chunks_mut(per)) {
+                    slot.push(piece);
+                }
+            }
+            for (t, slot) in slots.into_iter().enumerate() {
+                pieces.push((j, t * per..((t + 1) * per).min(rows[j]), slot));
             }
         }
+        pieces.into_par_iter().for_each(|(j, r, mut dst)| {
+            let len = r.len();
+            let mut out = vec![0f32; n * len];
+            tile(j, r, 0..n, &mut out, len);
+            for (d, o) in dst.iter_mut().zip(out.chunks_exact(len)) {
+                d.copy_from_slice(o);
+            }
+        });
         return;
     }
     jobs.into_par_iter()
