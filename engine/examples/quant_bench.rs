@@ -103,30 +103,42 @@ fn bench_shapes(dtypes: &[DType], reps: usize) {
     }
 }
 
-/// One decode step with Q/K/V and gate/up fused through `matmul_many`.
-fn fused_step(mats: &[QMatrix], head: &QMatrix, x: &[f32], y: &mut [f32], yh: &mut [f32]) {
+/// One decode step of `n` sequences with Q/K/V and gate/up fused through
+/// `matmul_many` (x: n×max_cols, y: n×max_rows, yh: n×head.rows).
+fn fused_step(
+    mats: &[QMatrix],
+    head: &QMatrix,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    yh: &mut [f32],
+) {
     let max_rows = mats.iter().map(|m| m.rows).max().unwrap_or(0);
-    let mut y2 = vec![0f32; max_rows];
-    let mut y3 = vec![0f32; max_rows];
+    let mut y2 = vec![0f32; n * max_rows];
+    let mut y3 = vec![0f32; n * max_rows];
     for l in mats.chunks_exact(7) {
         let (q, k, v) = (&l[0], &l[1], &l[2]);
         QMatrix::matmul_many(
             &[q, k, v],
-            &x[..q.cols],
-            1,
-            &mut [&mut y[..q.rows], &mut y2[..k.rows], &mut y3[..v.rows]],
+            &x[..n * q.cols],
+            n,
+            &mut [
+                &mut y[..n * q.rows],
+                &mut y2[..n * k.rows],
+                &mut y3[..n * v.rows],
+            ],
         );
-        l[3].matmul(&x[..l[3].cols], 1, &mut y[..l[3].rows]);
+        l[3].matmul(&x[..n * l[3].cols], n, &mut y[..n * l[3].rows]);
         let (g, u) = (&l[4], &l[5]);
         QMatrix::matmul_many(
             &[g, u],
-            &x[..g.cols],
-            1,
-            &mut [&mut y[..g.rows], &mut y2[..u.rows]],
+            &x[..n * g.cols],
+            n,
+            &mut [&mut y[..n * g.rows], &mut y2[..n * u.rows]],
         );
-        l[6].matmul(&x[..l[6].cols], 1, &mut y[..l[6].rows]);
+        l[6].matmul(&x[..n * l[6].cols], n, &mut y[..n * l[6].rows]);
     }
-    head.matmul(&x[..head.cols], 1, yh);
+    head.matmul(&x[..n * head.cols], n, &mut yh[..n * head.rows]);
 }
 
 /// All weight matmuls of the real model: one decode step (n=1) and a prefill of
@@ -182,15 +194,33 @@ fn bench_model(path: &std::path::Path, reps: usize, n_prefill: usize) {
     let max_rows = mats.iter().map(|m| m.rows).max().unwrap_or(0);
     let x = rand_vec(n_prefill * max_cols, 3);
     let mut y = vec![0f32; n_prefill * max_rows.max(1)];
-    let mut yh = vec![0f32; head.rows];
+    let mut yh = vec![0f32; batch_arg().unwrap_or(1) * head.rows];
+    if let Some(nb) = batch_arg() {
+        // Batched decode: every matmul (lm_head too) at n = nb, inside the pool.
+        let t = best_of(reps, || {
+            rayon::scope(|_| fused_step(&mats, &head, &x, nb, &mut y, &mut yh))
+        });
+        let t_head = best_of(reps, || {
+            head.matmul(&x[..nb * head.cols], nb, &mut yh[..nb * head.rows])
+        });
+        println!(
+            "decode step of {nb} sequences inside the pool, fused: {:.2} ms -> {:.1} tok/s, \
+             {:.1} GMAC/s (lm_head alone {:.2} ms)",
+            t * 1e3,
+            nb as f64 / t,
+            ((flops + head_flops) / 2 * nb) as f64 / t / 1e9,
+            t_head * 1e3
+        );
+        return;
+    }
     let decode = best_of(reps, || {
         for m in &mats {
             m.matmul(&x[..m.cols], 1, &mut y[..m.rows]);
         }
-        head.matmul(&x[..head.cols], 1, &mut yh);
+        head.matmul(&x[..head.cols], 1, &mut yh[..head.rows]);
     });
     // The same step with Q/K/V and gate/up fused through `matmul_many`.
-    let fused = best_of(reps, || fused_step(&mats, &head, &x, &mut y, &mut yh));
+    let fused = best_of(reps, || fused_step(&mats, &head, &x, 1, &mut y, &mut yh));
     println!(
         "decode step with fused qkv / gate+up: {:.2} ms -> {:.1} tok/s",
         fused * 1e3,
@@ -204,7 +234,7 @@ fn bench_model(path: &std::path::Path, reps: usize, n_prefill: usize) {
             for m in &mats {
                 m.matmul(&x[..m.cols], 1, &mut y[..m.rows]);
             }
-            head.matmul(&x[..head.cols], 1, &mut yh);
+            head.matmul(&x[..head.cols], 1, &mut yh[..head.rows]);
         })
     });
     println!(
@@ -213,7 +243,7 @@ fn bench_model(path: &std::path::Path, reps: usize, n_prefill: usize) {
         1.0 / in_pool
     );
     let both = best_of(reps, || {
-        rayon::scope(|_| fused_step(&mats, &head, &x, &mut y, &mut yh))
+        rayon::scope(|_| fused_step(&mats, &head, &x, 1, &mut y, &mut yh))
     });
     println!(
         "decode step inside the pool, fused qkv / gate+up: {:.2} ms -> {:.1} tok/s, {:.2} GB/s",
@@ -234,7 +264,7 @@ fn bench_model(path: &std::path::Path, reps: usize, n_prefill: usize) {
         for m in &mats {
             m.matmul(&x[..n * m.cols], n, &mut y[..n * m.rows]);
         }
-        head.matmul(&x[..head.cols], 1, &mut yh);
+        head.matmul(&x[..head.cols], 1, &mut yh[..head.rows]);
     });
     println!(
         "prefill {n} tokens (weights only): {:.1} ms -> {:.1} tok/s, {:.1} GFLOP/s",
@@ -244,10 +274,21 @@ fn bench_model(path: &std::path::Path, reps: usize, n_prefill: usize) {
     );
 }
 
+/// `batchN` on the command line: only time an N-sequence decode step.
+fn batch_arg() -> Option<usize> {
+    std::env::args().find_map(|a| a.strip_prefix("batch")?.parse().ok())
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     let reps = if quick { 3 } else { 10 };
     println!("rayon threads: {}", rayon::current_num_threads());
+    if batch_arg().is_some() {
+        if let Some(p) = pdserve_engine::fixtures::real_asset("SmolLM2-135M-Instruct.Q4_1.gguf") {
+            bench_model(&p, reps, 512);
+        }
+        return;
+    }
     let (one, all) = bandwidth();
     println!("memory read bandwidth: {one:.2} GB/s (1 thread), {all:.2} GB/s (all threads)");
     let model_mb = 96.5;

@@ -102,6 +102,32 @@ impl<'a> ActTile4<'a> {
     }
 }
 
+/// Eight activation rows processed together: for block b,
+/// `d16[16b..16b + 16] = [d₀..d₃, d₀..d₃, d₄..d₇, d₄..d₇]` (each half duplicated, as
+/// in [`ActTile4`]) and `s8[8b..8b + 8] = [s₀..s₇]`.
+pub struct ActTile8<'a> {
+    pub rows: [ActRow<'a>; 8],
+    pub d16: Vec<f32>,
+    pub s8: Vec<f32>,
+}
+
+impl<'a> ActTile8<'a> {
+    pub fn new(rows: [ActRow<'a>; 8]) -> ActTile8<'a> {
+        let nb = rows[0].nb();
+        let mut d16 = vec![0f32; 16 * nb];
+        let mut s8 = vec![0f32; 8 * nb];
+        for b in 0..nb {
+            for (r, row) in rows.iter().enumerate() {
+                let base = 16 * b + 8 * (r / 4) + r % 4;
+                d16[base] = row.d(b);
+                d16[base + 4] = row.d(b);
+                s8[8 * b + r] = row.s(b);
+            }
+        }
+        ActTile8 { rows, d16, s8 }
+    }
+}
+
 /// Portable quantizer; the AVX2 one must produce identical output.
 pub fn quantize_acts_scalar(x: &[f32], a: &mut QActs) {
     let block = a.block;

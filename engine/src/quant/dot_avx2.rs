@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use super::act::QActs;
 use super::blocks::{bf16_at, f16_at};
-use super::matmul::IntKernel;
+use super::matmul::{Dot8Fn, IntKernel};
 use super::DType;
 
 /// True if this CPU has AVX2, FMA and F16C (cached).
@@ -30,18 +30,29 @@ pub fn int_kernel(dtype: DType) -> Option<IntKernel> {
     use super::blocks::{QK, QK_K};
     use super::dot_avx2_k as k;
     use super::dot_avx2_q32 as q;
-    let (block, dot1, dot4): (usize, super::dot::DotFn, super::matmul::Dot4Fn) = match dtype {
-        DType::Q4_0 => (QK, q::dot1_q4_0, q::dot4_q4_0),
-        DType::Q4_1 => (QK, q::dot1_q4_1, q::dot4_q4_1),
-        DType::Q5_0 => (QK, q::dot1_q5_0, q::dot4_q5_0),
-        DType::Q5_1 => (QK, q::dot1_q5_1, q::dot4_q5_1),
-        DType::Q8_0 => (QK, q::dot1_q8_0, q::dot4_q8_0),
-        DType::Q4_K => (QK_K, k::dot1_q4_k, k::dot4_q4_k),
-        DType::Q5_K => (QK_K, k::dot1_q5_k, k::dot4_q5_k),
-        DType::Q6_K => (QK_K, k::dot1_q6_k, k::dot4_q6_k),
+    type Fns = (
+        usize,
+        super::dot::DotFn,
+        super::matmul::Dot4Fn,
+        Option<Dot8Fn>,
+    );
+    let (block, dot1, dot4, dot8): Fns = match dtype {
+        DType::Q4_0 => (QK, q::dot1_q4_0, q::dot4_q4_0, Some(q::dot8_q4_0)),
+        DType::Q4_1 => (QK, q::dot1_q4_1, q::dot4_q4_1, Some(q::dot8_q4_1)),
+        DType::Q5_0 => (QK, q::dot1_q5_0, q::dot4_q5_0, Some(q::dot8_q5_0)),
+        DType::Q5_1 => (QK, q::dot1_q5_1, q::dot4_q5_1, Some(q::dot8_q5_1)),
+        DType::Q8_0 => (QK, q::dot1_q8_0, q::dot4_q8_0, Some(q::dot8_q8_0)),
+        DType::Q4_K => (QK_K, k::dot1_q4_k, k::dot4_q4_k, None),
+        DType::Q5_K => (QK_K, k::dot1_q5_k, k::dot4_q5_k, None),
+        DType::Q6_K => (QK_K, k::dot1_q6_k, k::dot4_q6_k, None),
         _ => return None,
     };
-    Some(IntKernel { block, dot1, dot4 })
+    Some(IntKernel {
+        block,
+        dot1,
+        dot4,
+        dot8,
+    })
 }
 
 /// Horizontal sum of 8 f32 lanes.

@@ -13,7 +13,7 @@
 
 use std::arch::x86_64::*;
 
-use super::act::{ActRow, ActTile4};
+use super::act::{ActRow, ActTile4, ActTile8};
 
 /// 16 packed bytes → 32 nibbles: low nibbles are values 0..16, high 16..32.
 #[inline]
@@ -64,11 +64,24 @@ fn reduce_like_x4(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// Generates `$dot1` (one activation row) and `$dot4` (four rows) for one type.
+/// `[Σa₀, Σa₁, Σa₂, Σa₃]` by the `hadd` tree of the four-row kernel (each sum is
+/// `((x₀+x₁)+(x₂+x₃)) + ((x₄+x₅)+(x₆+x₇))`, like `reduce_like_x4`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn reduce4(a0: __m256, a1: __m256, a2: __m256, a3: __m256) -> __m128 {
+    let h01 = _mm256_hadd_ps(a0, a1);
+    let h23 = _mm256_hadd_ps(a2, a3);
+    let h = _mm256_hadd_ps(h01, h23);
+    _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h))
+}
+
+/// Generates `$dot1` (one activation row), `$dot4` (four rows) and `$dot8` (eight
+/// rows) for one type.
 /// `$decode(p) -> (q, dm)` decodes the block at pointer `p`: 32 quant bytes and
 /// `[dw, mw, _, _]`.
 macro_rules! kernels {
-    ($dot1:ident, $dot4:ident, $impl1:ident, $impl4:ident, $bytes:expr, $signed:expr,
+    ($dot1:ident, $dot4:ident, $dot8:ident, $impl1:ident, $impl4:ident, $impl8:ident,
+     $bytes:expr, $signed:expr,
      |$p:ident| $decode:block) => {
         pub fn $dot1(w: &[u8], a: &ActRow<'_>) -> f32 {
             let nb = a.nb();
@@ -171,6 +184,81 @@ macro_rules! kernels {
                 unsafe { _mm_storeu_ps(out.as_mut_ptr(), v) };
             }
         }
+
+        pub fn $dot8(w: &[u8], rb: usize, a: &ActTile8<'_>, out: &mut [f32]) {
+            let nb = a.rows[0].nb();
+            let nrows = out.len() / 8;
+            assert!(super::dot_avx2::available());
+            assert!(rb >= nb * $bytes && w.len() >= nrows * rb);
+            assert!(a.d16.len() >= 16 * nb && a.s8.len() >= 8 * nb);
+            for r in &a.rows {
+                assert!(r.nb() == nb && r.qs.len() >= 32 * nb);
+            }
+            // SAFETY: as for the one-row kernel.
+            unsafe { $impl8(w, rb, a, nb, out) }
+        }
+
+        /// Eight activation rows per weight block decode; per row the same float
+        /// operations as `$impl1` / `$impl4` (batch invariance).
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $impl8(w: &[u8], rb: usize, a: &ActTile8<'_>, nb: usize, out: &mut [f32]) {
+            let ones = _mm256_set1_epi16(1);
+            let qp: [*const i8; 8] = std::array::from_fn(|r| a.rows[r].qs.as_ptr());
+            for (row, out) in out.chunks_exact_mut(8).enumerate() {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                let mut macc = _mm256_setzero_ps();
+                for b in 0..nb {
+                    // SAFETY: block b of row `row` lies within `w`, activations and
+                    // scales within `a` (asserted by the caller).
+                    unsafe {
+                        let $p = w.as_ptr().add(row * rb + b * $bytes);
+                        let (q, dm): (__m256i, __m128) = $decode;
+                        let dw = _mm256_broadcastss_ps(dm);
+                        // [dw·d₀..dw·d₃, dw·d₀..dw·d₃] and the same for rows 4..8.
+                        let sc_lo = _mm256_mul_ps(dw, _mm256_loadu_ps(a.d16.as_ptr().add(16 * b)));
+                        let sc_hi =
+                            _mm256_mul_ps(dw, _mm256_loadu_ps(a.d16.as_ptr().add(16 * b + 8)));
+                        let mw = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+                        macc = _mm256_fmadd_ps(mw, _mm256_loadu_ps(a.s8.as_ptr().add(8 * b)), macc);
+                        let qa = if $signed { _mm256_sign_epi8(q, q) } else { q };
+                        macro_rules! one {
+                            ($r:expr, $sc:expr, $imm:expr) => {{
+                                let av = _mm256_loadu_si256(qp[$r].add(32 * b) as *const __m256i);
+                                let av = if $signed { _mm256_sign_epi8(av, q) } else { av };
+                                let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                                    _mm256_maddubs_epi16(qa, av),
+                                    ones,
+                                ));
+                                let s = _mm256_permute_ps::<$imm>($sc);
+                                acc[$r] = _mm256_fmadd_ps(f, s, acc[$r]);
+                            }};
+                        }
+                        one!(0, sc_lo, 0b00_00_00_00);
+                        one!(1, sc_lo, 0b01_01_01_01);
+                        one!(2, sc_lo, 0b10_10_10_10);
+                        one!(3, sc_lo, 0b11_11_11_11);
+                        one!(4, sc_hi, 0b00_00_00_00);
+                        one!(5, sc_hi, 0b01_01_01_01);
+                        one!(6, sc_hi, 0b10_10_10_10);
+                        one!(7, sc_hi, 0b11_11_11_11);
+                    }
+                }
+                // The four-row kernel's reduction, once per half.
+                let lo = _mm_add_ps(
+                    reduce4(acc[0], acc[1], acc[2], acc[3]),
+                    _mm256_castps256_ps128(macc),
+                );
+                let hi = _mm_add_ps(
+                    reduce4(acc[4], acc[5], acc[6], acc[7]),
+                    _mm256_extractf128_ps::<1>(macc),
+                );
+                // SAFETY: `out` has exactly 8 floats.
+                unsafe {
+                    _mm_storeu_ps(out.as_mut_ptr(), lo);
+                    _mm_storeu_ps(out.as_mut_ptr().add(4), hi);
+                }
+            }
+        }
     };
 }
 
@@ -197,27 +285,73 @@ unsafe fn d_and_m(p: *const u8) -> __m128 {
     _mm_cvtph_ps(_mm_cvtsi32_si128(v))
 }
 
-kernels!(dot1_q4_0, dot4_q4_0, q4_0_1, q4_0_4, 18, false, |p| {
-    (nibbles(p.add(2)), d_and_multiple(p, -8.0))
-});
+kernels!(
+    dot1_q4_0,
+    dot4_q4_0,
+    dot8_q4_0,
+    q4_0_1,
+    q4_0_4,
+    q4_0_8,
+    18,
+    false,
+    |p| { (nibbles(p.add(2)), d_and_multiple(p, -8.0)) }
+);
 
-kernels!(dot1_q4_1, dot4_q4_1, q4_1_1, q4_1_4, 20, false, |p| {
-    (nibbles(p.add(4)), d_and_m(p))
-});
+kernels!(
+    dot1_q4_1,
+    dot4_q4_1,
+    dot8_q4_1,
+    q4_1_1,
+    q4_1_4,
+    q4_1_8,
+    20,
+    false,
+    |p| { (nibbles(p.add(4)), d_and_m(p)) }
+);
 
-kernels!(dot1_q5_0, dot4_q5_0, q5_0_1, q5_0_4, 22, false, |p| {
-    let q = _mm256_or_si256(nibbles(p.add(6)), high_bits(p.add(2)));
-    (q, d_and_multiple(p, -16.0))
-});
+kernels!(
+    dot1_q5_0,
+    dot4_q5_0,
+    dot8_q5_0,
+    q5_0_1,
+    q5_0_4,
+    q5_0_8,
+    22,
+    false,
+    |p| {
+        let q = _mm256_or_si256(nibbles(p.add(6)), high_bits(p.add(2)));
+        (q, d_and_multiple(p, -16.0))
+    }
+);
 
-kernels!(dot1_q5_1, dot4_q5_1, q5_1_1, q5_1_4, 24, false, |p| {
-    let q = _mm256_or_si256(nibbles(p.add(8)), high_bits(p.add(4)));
-    (q, d_and_m(p))
-});
+kernels!(
+    dot1_q5_1,
+    dot4_q5_1,
+    dot8_q5_1,
+    q5_1_1,
+    q5_1_4,
+    q5_1_8,
+    24,
+    false,
+    |p| {
+        let q = _mm256_or_si256(nibbles(p.add(8)), high_bits(p.add(4)));
+        (q, d_and_m(p))
+    }
+);
 
-kernels!(dot1_q8_0, dot4_q8_0, q8_0_1, q8_0_4, 34, true, |p| {
-    (
-        _mm256_loadu_si256(p.add(2) as *const __m256i),
-        d_and_multiple(p, 0.0),
-    )
-});
+kernels!(
+    dot1_q8_0,
+    dot4_q8_0,
+    dot8_q8_0,
+    q8_0_1,
+    q8_0_4,
+    q8_0_8,
+    34,
+    true,
+    |p| {
+        (
+            _mm256_loadu_si256(p.add(2) as *const __m256i),
+            d_and_multiple(p, 0.0),
+        )
+    }
+);

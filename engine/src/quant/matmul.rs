@@ -3,26 +3,30 @@
 //! Three paths:
 //! - integer: weight types with an 8-bit kernel (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
 //!   Q5_K, Q6_K) quantize `x` once ([`QActs`]) and run integer block dot products,
-//!   four activation rows per weight row so that each weight block is unpacked once;
+//!   eight (or four) activation rows per weight row so that each weight block is
+//!   unpacked once for several rows;
 //! - float: F32/F16/BF16 rows dotted with f32 activations (FMA, F16C);
 //! - exact: every other type (and [`QMatrix::matmul_exact`]) dequantizes each
 //!   weight row once and dots it in f32 with every activation row.
 //!
-//! Parallelism (rayon): small `n` (decode) splits the weight rows into a few chunks
-//! per thread; large `n` (prefill) splits the activation rows, so every task writes
-//! one contiguous slice of `y`. Tiny problems run inline.
+//! Parallelism (rayon): small `n` (decode, batched decode below `SPLIT_ACTS_FROM`)
+//! splits the weight rows into a few chunks per thread; large `n` (prefill) splits
+//! the activation rows, so every task writes one contiguous slice of `y`. Tiny
+//! problems run inline.
 
 use rayon::prelude::*;
 
-use super::act::{ActTile4, QActs};
+use super::act::{ActTile4, ActTile8, QActs};
 use super::{dequant, dot, float, DType, QMatrix};
 
 /// Below this many multiply-adds a matmul runs on the calling thread.
 const MIN_PARALLEL_WORK: usize = 128 * 1024;
 /// Smallest amount of work worth a separate rayon task.
 const MIN_TASK_WORK: usize = 48 * 1024;
-/// From this many activation rows on, split the activation rows across threads.
-const SPLIT_ACTS_FROM: usize = 16;
+/// From this many activation rows on, split the activation rows across threads
+/// (prefill). Below it (batched decode) the weight rows are split, so that every
+/// weight tile is read from memory once and applied to all activation rows.
+const SPLIT_ACTS_FROM: usize = 32;
 /// Weight rows per cache tile when several activation rows are processed.
 const TILE_ROWS: usize = 16;
 
@@ -30,12 +34,17 @@ const TILE_ROWS: usize = 16;
 /// against four activation rows; `out[4·row + r]`.
 pub type Dot4Fn = fn(&[u8], usize, &ActTile4<'_>, &mut [f32]);
 
-/// An integer kernel: activation block size plus 1-row and 4-row dot functions.
+/// Eight-row dot: like [`Dot4Fn`] with eight activation rows; `out[8·row + r]`.
+pub type Dot8Fn = fn(&[u8], usize, &ActTile8<'_>, &mut [f32]);
+
+/// An integer kernel: activation block size plus 1-row, 4-row and (where a type has
+/// one) 8-row dot functions, all bitwise identical per row.
 #[derive(Clone, Copy)]
 pub struct IntKernel {
     pub block: usize,
     pub dot1: dot::DotFn,
     pub dot4: Dot4Fn,
+    pub dot8: Option<Dot8Fn>,
 }
 
 fn scalar_int_kernel(dtype: DType) -> Option<IntKernel> {
@@ -63,7 +72,12 @@ fn scalar_int_kernel(dtype: DType) -> Option<IntKernel> {
         DType::Q6_K => four!(dot::dot_q6_k),
         _ => return None,
     };
-    Some(IntKernel { block, dot1, dot4 })
+    Some(IntKernel {
+        block,
+        dot1,
+        dot4,
+        dot8: None,
+    })
 }
 
 /// The best integer kernel for `dtype` on this CPU.
@@ -198,28 +212,30 @@ fn run(rows: &[usize], cols: usize, n: usize, ys: &mut [&mut [f32]], tile: &Tile
         }
     } else {
         // A few activation rows: split the weight rows; each task fills a local
-        // [n × chunk] block that is then scattered into y.
+        // [n × chunk] block and copies it into its own slice of every row of y.
         let per = total_rows.div_ceil(max_tasks).next_multiple_of(4);
-        let pieces: Vec<(usize, Range)> = (0..rows.len())
-            .flat_map(|j| {
-                (0..rows[j].div_ceil(per)).map(move |t| (j, t * per..((t + 1) * per).min(rows[j])))
-            })
-            .collect();
-        let parts: Vec<(usize, Range, Vec<f32>)> = pieces
-            .into_par_iter()
-            .map(|(j, r)| {
-                let mut out = vec![0f32; n * r.len()];
-                tile(j, r.clone(), 0..n, &mut out, r.len());
-                (j, r, out)
-            })
-            .collect();
-        for (j, r, out) in parts {
-            let (len, stride) = (r.len(), rows[j]);
-            for i in 0..n {
-                ys[j][i * stride + r.start..i * stride + r.end]
-                    .copy_from_slice(&out[i * len..(i + 1) * len]);
+        let mut pieces: Vec<(usize, Range, Vec<&mut [f32]>)> = Vec::new();
+        for (j, y) in ys.iter_mut().enumerate() {
+            let mut slots: Vec<Vec<&mut [f32]>> = (0..rows[j].div_ceil(per))
+                .map(|_| Vec::with_capacity(n))
+                .collect();
+            for y_row in y.chunks_mut(rows[j]) {
+                for (slot, piece) in slots.iter_mut().zip(y_row.chunks_mut(per)) {
+                    slot.push(piece);
+                }
+            }
+            for (t, slot) in slots.into_iter().enumerate() {
+                pieces.push((j, t * per..((t + 1) * per).min(rows[j]), slot));
             }
         }
+        pieces.into_par_iter().for_each(|(j, r, mut dst)| {
+            let len = r.len();
+            let mut out = vec![0f32; n * len];
+            tile(j, r, 0..n, &mut out, len);
+            for (d, o) in dst.iter_mut().zip(out.chunks_exact(len)) {
+                d.copy_from_slice(o);
+            }
+        });
         return;
     }
     jobs.into_par_iter()
@@ -247,27 +263,38 @@ fn int_tile(
         }
         return;
     }
-    // Activation rows in groups of four (built once per task), the rest singly.
-    let groups: Vec<ActTile4<'_>> = (0..i.len() / 4)
-        .map(|g| {
-            let ib = i0 + 4 * g;
-            ActTile4::new([
-                acts.row(ib),
-                acts.row(ib + 1),
-                acts.row(ib + 2),
-                acts.row(ib + 3),
-            ])
-        })
+    // Activation rows in groups of eight where the kernel has an 8-row dot, then
+    // groups of four (built once per task), the rest singly.
+    let dot8 = k.dot8;
+    let n8 = if dot8.is_some() { i.len() / 8 } else { 0 };
+    let groups8: Vec<ActTile8<'_>> = (0..n8)
+        .map(|g| ActTile8::new(std::array::from_fn(|q| acts.row(i0 + 8 * g + q))))
         .collect();
-    let rest = i0 + 4 * groups.len()..i.end;
-    let mut o4 = [0f32; 4 * TILE_ROWS];
+    let i4 = i0 + 8 * n8;
+    let groups: Vec<ActTile4<'_>> = (0..(i.end - i4) / 4)
+        .map(|g| ActTile4::new(std::array::from_fn(|q| acts.row(i4 + 4 * g + q))))
+        .collect();
+    let rest = i4 + 4 * groups.len()..i.end;
+    let mut o8 = [0f32; 8 * TILE_ROWS];
     let mut t0 = r.start;
     while t0 < r.end {
         let t1 = (t0 + TILE_ROWS).min(r.end);
+        let w = &bytes[t0 * rb..t1 * rb];
+        if let Some(dot8) = dot8 {
+            for (g, a) in groups8.iter().enumerate() {
+                let ib = i0 + 8 * g;
+                dot8(w, rb, a, &mut o8[..8 * (t1 - t0)]);
+                for (row, o) in (t0..t1).zip(o8.chunks_exact(8)) {
+                    for (q, v) in o.iter().enumerate() {
+                        out[(ib + q - i0) * ldo + row - r0] = *v;
+                    }
+                }
+            }
+        }
         for (g, a) in groups.iter().enumerate() {
-            let ib = i0 + 4 * g;
-            (k.dot4)(&bytes[t0 * rb..t1 * rb], rb, a, &mut o4[..4 * (t1 - t0)]);
-            for (row, o) in (t0..t1).zip(o4.chunks_exact(4)) {
+            let ib = i4 + 4 * g;
+            (k.dot4)(w, rb, a, &mut o8[..4 * (t1 - t0)]);
+            for (row, o) in (t0..t1).zip(o8.chunks_exact(4)) {
                 for (q, v) in o.iter().enumerate() {
                     out[(ib + q - i0) * ldo + row - r0] = *v;
                 }

@@ -30,19 +30,27 @@ pub fn paged_attention(
     let q_dim = n_heads * hd;
     let n_kv = kv.layout.num_kv_heads;
     let group = n_heads / n_kv;
-    let tasks: Vec<(usize, usize)> = (0..seqs.len())
-        .flat_map(|si| (0..n_kv).map(move |g| (si, g)))
-        .collect();
+    // One task per (sequence, KV head); with enough sequences for every thread
+    // (batched decode), one task per sequence for all its KV heads, so that each
+    // token's keys and values are read as one contiguous run.
+    let per_seq = seqs.len() >= 2 * rayon::current_num_threads();
+    let tasks: Vec<(usize, std::ops::Range<usize>)> = if per_seq {
+        (0..seqs.len()).map(|si| (si, 0..n_kv)).collect()
+    } else {
+        (0..seqs.len())
+            .flat_map(|si| (0..n_kv).map(move |g| (si, g..g + 1)))
+            .collect()
+    };
     let avx2 = has_avx2_fma();
     let results: Vec<Vec<f32>> = tasks
         .par_iter()
-        .map(|&(si, g)| {
+        .map(|(si, g)| {
             let task = HeadTask {
                 q,
                 kv,
                 layer,
-                seq: &seqs[si],
-                kv_head: g,
+                seq: &seqs[*si],
+                kv_heads: g.clone(),
                 n_heads,
             };
             if avx2 {
@@ -52,13 +60,13 @@ pub fn paged_attention(
             }
         })
         .collect();
-    for (&(si, g), res) in tasks.iter().zip(results) {
-        let s = &seqs[si];
-        for hh in 0..group {
-            let h = g * group + hh;
+    for ((si, g), res) in tasks.iter().zip(results) {
+        let s = &seqs[*si];
+        for hl in 0..g.len() * group {
+            let h = g.start * group + hl;
             for i in 0..s.len {
                 out[(s.row_start + i) * q_dim + h * hd..][..hd]
-                    .copy_from_slice(&res[(hh * s.len + i) * hd..][..hd]);
+                    .copy_from_slice(&res[(hl * s.len + i) * hd..][..hd]);
             }
         }
     }
@@ -75,12 +83,42 @@ fn has_avx2_fma() -> bool {
     }
 }
 
+/// Runs `$body` for every query row `$i` of the task's sequence and every key
+/// position `$t` it may attend to (`t ≤ pos(i)`), with `$kv` the task's KV heads'
+/// keys (`$values = false`) or values at `t` (consecutive, `head_dim` each); block by
+/// block, so each block slab stays in cache. A macro rather than a function taking
+/// a closure, so that the body is compiled inside `run_avx2`'s target features.
+macro_rules! for_each_visible {
+    ($task:expr, $values:expr, |$i:ident, $t:ident, $kv:ident| $body:block) => {{
+        let task = $task;
+        let l = &task.kv.layout;
+        let (hd, bs, kv_dim) = (l.head_dim, l.block_size, l.kv_dim());
+        let s = task.seq;
+        let ctx = s.pos_start + s.len;
+        let (g0, ng) = (task.kv_heads.start, task.kv_heads.len());
+        for b in 0..ctx.div_ceil(bs) {
+            let slab = l.slab_offset(s.block_table[b].0 as usize, task.layer, $values);
+            let t0 = b * bs;
+            let t_end = (t0 + bs).min(ctx);
+            // Queries that see at least the first key of this block.
+            for $i in t0.saturating_sub(s.pos_start)..s.len {
+                for $t in t0..t_end.min(s.pos_start + $i + 1) {
+                    let off = slab + ($t - t0) * kv_dim + g0 * hd;
+                    let $kv = &task.kv.data[off..off + ng * hd];
+                    $body
+                }
+            }
+        }
+    }};
+}
+
 struct HeadTask<'a> {
     q: &'a [f32],
     kv: &'a CpuKvPool,
     layer: usize,
     seq: &'a AttnSeq,
-    kv_head: usize,
+    /// The KV heads this task covers (consecutive).
+    kv_heads: std::ops::Range<usize>,
     n_heads: usize,
 }
 
@@ -99,34 +137,35 @@ impl HeadTask<'_> {
         self.run()
     }
 
-    /// `[group][len][head_dim]` attention output of the query heads sharing this
-    /// KV head, for the sequence's rows.
+    /// `[heads][len][head_dim]` attention output of the query heads sharing this
+    /// task's KV heads (in head order), for the sequence's rows. Every head's
+    /// arithmetic is the same whichever KV heads share the task.
     #[inline(always)]
     fn run(&self) -> Vec<f32> {
         let l = &self.kv.layout;
         let hd = l.head_dim;
         let s = self.seq;
-        let g = self.kv_head;
         let group = self.n_heads / l.num_kv_heads;
+        // Query heads h0..h0 + nh; local head h uses key/value head h / group.
+        let (h0, nh) = (self.kv_heads.start * group, self.kv_heads.len() * group);
         let q_dim = self.n_heads * hd;
         let scale = 1.0 / (hd as f32).sqrt();
         let ctx = s.pos_start + s.len;
-        let qrow = |hh: usize, i: usize| {
-            &self.q[(s.row_start + i) * q_dim + (g * group + hh) * hd..][..hd]
-        };
-        // scores[hh][i][t] for t ≤ pos(i); entries past the causal limit stay unused.
-        let srow = |hh: usize, i: usize| (hh * s.len + i) * ctx;
+        // scores[h][i][t] for t ≤ pos(i); entries past the causal limit stay unused.
+        let srow = |h: usize, i: usize| (h * s.len + i) * ctx;
 
-        let mut scores = vec![0f32; group * s.len * ctx];
-        self.for_each_visible(false, |i, t, k| {
-            for hh in 0..group {
-                scores[srow(hh, i) + t] = dot(qrow(hh, i), k) * scale;
+        let mut scores = vec![0f32; nh * s.len * ctx];
+        for_each_visible!(self, false, |i, t, k| {
+            let qi = &self.q[(s.row_start + i) * q_dim + h0 * hd..][..nh * hd];
+            for h in 0..nh {
+                let qh = &qi[h * hd..][..hd];
+                scores[(h * s.len + i) * ctx + t] = dot(qh, &k[h / group * hd..][..hd]) * scale;
             }
         });
-        for hh in 0..group {
+        for h in 0..nh {
             for i in 0..s.len {
                 let n_keys = s.pos_start + i + 1;
-                let row = &mut scores[srow(hh, i)..srow(hh, i) + n_keys];
+                let row = &mut scores[srow(h, i)..srow(h, i) + n_keys];
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0f32;
                 for x in row.iter_mut() {
@@ -139,36 +178,17 @@ impl HeadTask<'_> {
                 }
             }
         }
-        let mut res = vec![0f32; group * s.len * hd];
-        self.for_each_visible(true, |i, t, v| {
-            for hh in 0..group {
-                let o = &mut res[(hh * s.len + i) * hd..][..hd];
-                axpy(scores[srow(hh, i) + t], v, o);
+        let mut res = vec![0f32; nh * s.len * hd];
+        for_each_visible!(self, true, |i, t, v| {
+            for h in 0..nh {
+                let o = &mut res[(h * s.len + i) * hd..][..hd];
+                axpy(
+                    scores[(h * s.len + i) * ctx + t],
+                    &v[h / group * hd..][..hd],
+                    o,
+                );
             }
         });
         res
-    }
-
-    /// Calls `f(i, t, vector)` for every query row `i` and every key position `t`
-    /// it may attend to (`t ≤ pos(i)`), with this KV head's key (`values = false`) or
-    /// value vector at `t`; block by block, so each block slab stays in cache.
-    #[inline(always)]
-    fn for_each_visible(&self, values: bool, mut f: impl FnMut(usize, usize, &[f32])) {
-        let l = &self.kv.layout;
-        let (hd, bs, kv_dim) = (l.head_dim, l.block_size, l.kv_dim());
-        let s = self.seq;
-        let ctx = s.pos_start + s.len;
-        for b in 0..ctx.div_ceil(bs) {
-            let slab = l.slab_offset(s.block_table[b].0 as usize, self.layer, values);
-            let t0 = b * bs;
-            let t_end = (t0 + bs).min(ctx);
-            // Queries that see at least the first key of this block.
-            for i in t0.saturating_sub(s.pos_start)..s.len {
-                for t in t0..t_end.min(s.pos_start + i + 1) {
-                    let off = slab + (t - t0) * kv_dim + self.kv_head * hd;
-                    f(i, t, &self.kv.data[off..off + hd]);
-                }
-            }
-        }
     }
 }
