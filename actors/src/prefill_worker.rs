@@ -6,8 +6,8 @@
 //!
 //! KV leaves by the request's target: in process (a copy into the decode
 //! engine), TCP (blocks read out, then streamed), or NIXL (one write straight from
-//! this engine's registered pool into the decode engine's; a worker without NIXL
-//! uses the TCP data plane the NIXL target also names).
+//! this engine's registered pool into the decode engine's; a worker without NIXL,
+//! or whose NIXL write fails, uses the TCP data plane the NIXL target also names).
 //!
 //! Invariants: a request's engine sequence is freed on every exit path (done,
 //! failed, cancelled, deadline) — but not while a write reads from it; a request
@@ -296,7 +296,27 @@ async fn write_kv(
                 .seq_block_ids(seq, skip, count)
                 .await
                 .map_err(|e| e.to_string())?;
-            ("nixl", nixl.write(&req.target, &src, timeout).await)
+            match (nixl.write(&req.target, &src, timeout).await, &req.target) {
+                // The decode node's TCP data plane expects the same ticket: a
+                // NIXL path that fails (no usable UCX transport between these
+                // hosts, say) costs this request a retry, not a local prefill.
+                // A late NIXL write would carry the same bytes.
+                (
+                    Err(e),
+                    KvTarget::Nixl {
+                        tcp: Some(addr),
+                        ticket,
+                        ..
+                    },
+                ) => {
+                    tracing::warn!(request = %req.id, "NIXL write failed ({e}); writing over TCP");
+                    let left = timeout.saturating_sub(started.elapsed());
+                    let sent =
+                        tcp::send_blocks(addr, *ticket, req.layout, &dest, read().await?, left);
+                    ("tcp-after-nixl", sent.await.map_err(|e| e.to_string()))
+                }
+                (written, _) => ("nixl", written),
+            }
         }
         Route::Tcp { addr, ticket } => {
             let sent = tcp::send_blocks(addr, ticket, req.layout, &dest, read().await?, timeout);
