@@ -37,14 +37,7 @@ for transport in ("tcp", "nixl"):
     c.start_worker(f"decode-{transport}", "decode")
     prefill = c.start_worker(f"prefill-{transport}", "prefill")
     model = c.wait_ready(180)
-    # The decode worker learns of the prefill worker a moment after the frontend
-    # lists both: warm up (untimed) until a prompt goes remote.
-    deadline, k = time.time() + 60, 0
-    while c.remote_prefills() < 1:
-        if time.time() > deadline:
-            fail(f"{transport}: no prompt was prefilled remotely within 60 s", c.procs())
-        k += 1
-        chat(c.base, model, long_prompt(900 + k, words=args.words), max_tokens=1, timeout=300)
+    c.warm_until_remote(model, words=args.words)
     time.sleep(0.5)
     skip = len(LINE.findall(ANSI.sub("", prefill.text())))
     ttft = []

@@ -48,7 +48,7 @@ use pdserve_engine::{EngineError, SeqId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::engine_actor::{
-    spawn_engine_pinned, EngineCmd, EngineEvent, EngineHandle, Pin, RemoteOption,
+    spawn_engine_pinned, EngineCmd, EngineEvent, EngineHandle, RemoteOption,
 };
 use crate::kv_nixl::{self, DecodeNixl};
 use crate::prefill_queue::{PrefillQueue, QueueArgs, QueueMsg};
@@ -205,7 +205,11 @@ impl Actor for DecodeWorker {
         });
         let (nixl, pins) = match &cfg.ingress {
             KvIngress::Nixl { .. } => {
-                let (d, pin) = start_nixl(&cfg.worker, &args.engine, on_written.clone())?;
+                let pool = kv_nixl::EnginePool::of(&cfg.worker, &args.engine)?;
+                // SAFETY: the pool is the engine's, allocated once for its life;
+                // the pin goes to the engine thread, which frees the pool only
+                // after the registration is dropped.
+                let (d, pin) = unsafe { DecodeNixl::start(&pool, on_written.clone()) }?;
                 (Some(d), vec![pin])
             }
             _ => (None, Vec::new()),
@@ -402,35 +406,6 @@ impl Actor for DecodeWorker {
         }
         Ok(())
     }
-}
-
-/// Registers `engine`'s KV pool with a NIXL agent for this worker.
-fn start_nixl(
-    worker: &WorkerId,
-    engine: &Engine,
-    on_written: tokio::sync::mpsc::UnboundedSender<KvWritten>,
-) -> Result<(DecodeNixl, Pin), ActorProcessingErr> {
-    let (base, len, kind) = engine
-        .kv_pool_region()
-        .ok_or("NIXL: this engine's KV pool is not one region")?;
-    if kind != pdserve_engine::backend::MemKind::Host {
-        return Err(format!("NIXL: KV pool in {kind:?} memory is not supported yet").into());
-    }
-    let name = kv_nixl::agent_name(worker);
-    // SAFETY: the region is the engine's pool, allocated once for the engine's
-    // life; the pin goes to the engine thread, which frees the pool only after
-    // the registration is dropped.
-    let r = unsafe {
-        DecodeNixl::start(
-            &name,
-            (base, len),
-            engine.kv_layout().block_bytes(),
-            on_written,
-        )
-    };
-    let r = r.map_err(|e| format!("NIXL: {e}"))?;
-    tracing::info!(%worker, agent = %name, bytes = len, "KV pool registered with NIXL");
-    Ok(r)
 }
 
 /// The span of one request on this node: its id is the one the gateway made and

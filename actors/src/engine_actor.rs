@@ -45,6 +45,9 @@ pub struct RemoteOption {
     pub live_prefill_workers: usize,
 }
 
+/// Where the engine thread sends the answer to a query.
+pub type Reply<T> = oneshot::Sender<Result<T, TransportError>>;
+
 pub enum EngineCmd {
     /// Admit a request: decide local vs remote prefill (when `remote` is given) and
     /// either queue it for local prefill or reserve import blocks for it.
@@ -66,18 +69,18 @@ pub enum EngineCmd {
         seq: SeqId,
         blocks: Vec<BlockId>,
         data: Vec<u8>,
-        reply: oneshot::Sender<Result<(), TransportError>>,
+        reply: Reply<()>,
     },
     /// Reads `count` blocks of `seq` starting at its block `skip`.
     ReadSeqBlocks {
         seq: SeqId,
         skip: usize,
         count: usize,
-        reply: oneshot::Sender<Result<Vec<u8>, TransportError>>,
+        reply: Reply<Vec<u8>>,
     },
     ReadBlocks {
         blocks: Vec<BlockId>,
-        reply: oneshot::Sender<Result<Vec<u8>, TransportError>>,
+        reply: Reply<Vec<u8>>,
     },
     /// The ids of `count` blocks of `seq` starting at its block `skip` (for a
     /// transport that reads the pool directly).
@@ -85,7 +88,7 @@ pub enum EngineCmd {
         seq: SeqId,
         skip: usize,
         count: usize,
-        reply: oneshot::Sender<Result<Vec<BlockId>, TransportError>>,
+        reply: Reply<Vec<BlockId>>,
     },
     /// Abort a sequence (running, waiting, parked or reserved import): frees its blocks.
     Abort {
@@ -148,6 +151,22 @@ impl EngineHandle {
     pub fn snapshot(&self) -> EngineSnapshot {
         self.snapshot.lock().map(|s| s.clone()).unwrap_or_default()
     }
+    /// Sends the command `make` builds around a reply port; resolves to the
+    /// engine's answer, or `EngineGone` when the engine thread is gone.
+    fn ask<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> EngineCmd,
+    ) -> BoxFuture<Result<T, TransportError>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.send(make(reply));
+        Box::pin(async move {
+            if !sent {
+                return Err(TransportError::EngineGone);
+            }
+            rx.await.unwrap_or(Err(TransportError::EngineGone))
+        })
+    }
+
     /// The ids of `count` blocks of `seq` starting at its block `skip`.
     pub fn seq_block_ids(
         &self,
@@ -155,18 +174,11 @@ impl EngineHandle {
         skip: usize,
         count: usize,
     ) -> BoxFuture<Result<Vec<BlockId>, TransportError>> {
-        let (reply, rx) = oneshot::channel();
-        let sent = self.send(EngineCmd::SeqBlockIds {
+        self.ask(|reply| EngineCmd::SeqBlockIds {
             seq,
             skip,
             count,
             reply,
-        });
-        Box::pin(async move {
-            if !sent {
-                return Err(TransportError::EngineGone);
-            }
-            rx.await.unwrap_or(Err(TransportError::EngineGone))
         })
     }
 
@@ -177,18 +189,11 @@ impl EngineHandle {
         skip: usize,
         count: usize,
     ) -> BoxFuture<Result<Vec<u8>, TransportError>> {
-        let (reply, rx) = oneshot::channel();
-        let sent = self.send(EngineCmd::ReadSeqBlocks {
+        self.ask(|reply| EngineCmd::ReadSeqBlocks {
             seq,
             skip,
             count,
             reply,
-        });
-        Box::pin(async move {
-            if !sent {
-                return Err(TransportError::EngineGone);
-            }
-            rx.await.unwrap_or(Err(TransportError::EngineGone))
         })
     }
 }
@@ -198,14 +203,7 @@ impl KvBlockStore for EngineHandle {
         self.info.layout
     }
     fn read_blocks(&self, blocks: Vec<BlockId>) -> BoxFuture<Result<Vec<u8>, TransportError>> {
-        let (reply, rx) = oneshot::channel();
-        let sent = self.send(EngineCmd::ReadBlocks { blocks, reply });
-        Box::pin(async move {
-            if !sent {
-                return Err(TransportError::EngineGone);
-            }
-            rx.await.unwrap_or(Err(TransportError::EngineGone))
-        })
+        self.ask(|reply| EngineCmd::ReadBlocks { blocks, reply })
     }
     fn write_import(
         &self,
@@ -213,18 +211,11 @@ impl KvBlockStore for EngineHandle {
         blocks: Vec<BlockId>,
         data: Vec<u8>,
     ) -> BoxFuture<Result<(), TransportError>> {
-        let (reply, rx) = oneshot::channel();
-        let sent = self.send(EngineCmd::WriteImport {
+        self.ask(|reply| EngineCmd::WriteImport {
             seq,
             blocks,
             data,
             reply,
-        });
-        Box::pin(async move {
-            if !sent {
-                return Err(TransportError::EngineGone);
-            }
-            rx.await.unwrap_or(Err(TransportError::EngineGone))
         })
     }
 }

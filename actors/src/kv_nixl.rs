@@ -3,26 +3,62 @@
 //! writes a finished prompt's blocks straight from it into the decode pool (no
 //! staging copy on either side).
 //!
-//! Built with the `nixl` feature these wrap `pdserve_cluster::transport::nixl`;
-//! without it [`available`] says so and nothing here can be constructed, so the
-//! workers compile one code path either way.
+//! Built with the `nixl` feature, [`DecodeNixl`] and [`PrefillNixl`] wrap
+//! `pdserve_cluster::transport::nixl`; without it [`available`] says why and
+//! their constructors fail with that reason, so the workers compile one code path
+//! either way.
 //!
-//! Memory: each constructor registers memory it does not own (an engine's pool),
+//! Memory: the constructors register memory they do not own (an engine's pool),
 //! hence `unsafe`; the returned [`Pin`] must go to that engine's thread
 //! (`spawn_engine_pinned`), which keeps the pool alive until the registration is
 //! gone.
 
-use std::time::{Duration, Instant};
+use pdserve_cluster::WorkerId;
+use pdserve_engine::backend::MemKind;
+use pdserve_engine::engine::Engine;
 
-use pdserve_cluster::protocol::KvTarget;
-use pdserve_cluster::transport::tcp::KvWritten;
-use pdserve_engine::{BlockId, SeqId};
-use tokio::sync::mpsc::UnboundedSender;
+#[cfg(feature = "nixl")]
+pub use imp::{available, DecodeNixl, PrefillNixl};
+#[cfg(not(feature = "nixl"))]
+pub use stub::{available, DecodeNixl, PrefillNixl};
 
-use crate::engine_actor::Pin;
+/// An engine's whole KV pool as a transport registers it: one host region with
+/// block `i` at `base + i * block_bytes`, and the agent name to register it under.
+#[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "nixl"), allow(dead_code))] // read by NIXL only
+pub struct EnginePool {
+    name: String,
+    base: usize,
+    len: usize,
+    block_bytes: usize,
+}
 
-/// A host memory region: `(addr, len)`.
-pub type Region = (usize, usize);
+impl EnginePool {
+    /// `engine`'s pool, for worker `worker`'s agent; an error when the pool is
+    /// not one host region.
+    pub fn of(worker: &WorkerId, engine: &Engine) -> Result<EnginePool, String> {
+        let (base, len, kind) = engine
+            .kv_pool_region()
+            .ok_or("NIXL: this engine's KV pool is not one region")?;
+        if kind != MemKind::Host {
+            return Err(format!(
+                "NIXL: KV pool in {kind:?} memory is not supported yet"
+            ));
+        }
+        Ok(EnginePool {
+            // Unique in the cluster: a restarted worker gets a new agent.
+            name: format!("pdserve-{worker}-{}", std::process::id()),
+            base,
+            len,
+            block_bytes: engine.kv_layout().block_bytes(),
+        })
+    }
+
+    #[cfg_attr(not(feature = "nixl"), allow(dead_code))]
+    fn block_addr(&self, b: pdserve_engine::BlockId) -> u64 {
+        (self.base + b.0 as usize * self.block_bytes) as u64
+    }
+}
 
 #[cfg(feature = "nixl")]
 mod imp {
@@ -37,76 +73,82 @@ mod imp {
     use pdserve_engine::{BlockId, SeqId};
     use tokio::sync::mpsc::UnboundedSender;
 
-    use super::Region;
+    use super::EnginePool;
     use crate::engine_actor::Pin;
 
     /// How often the decode side polls for write notifications.
     const POLL_EVERY: Duration = Duration::from_micros(500);
 
+    /// Whether NIXL can be used here (built in, library loadable), or why not.
     pub fn available() -> Result<(), String> {
         ensure_library().map_err(|e| e.to_string())
     }
 
     /// # Safety
-    /// `region` must stay allocated and in place while the endpoint lives.
-    unsafe fn endpoint(name: &str, region: Region) -> Result<Arc<NixlEndpoint>, String> {
+    /// `pool`'s region must stay allocated and in place while the endpoint lives.
+    unsafe fn register(pool: &EnginePool) -> Result<Arc<NixlEndpoint>, String> {
         // SAFETY: forwarded to the caller.
-        let ep = unsafe { NixlEndpoint::new(name, region.0, region.1, &NixlConfig::default()) };
-        ep.map(Arc::new).map_err(|e| e.to_string())
+        let ep =
+            unsafe { NixlEndpoint::new(&pool.name, pool.base, pool.len, &NixlConfig::default()) };
+        let ep = ep.map(Arc::new).map_err(|e| format!("NIXL: {e}"))?;
+        tracing::info!(agent = %pool.name, bytes = pool.len, "KV pool registered with NIXL");
+        Ok(ep)
     }
 
+    /// The decode side: one agent with the engine's pool registered, and the
+    /// notification poller that turns finished writes into [`KvWritten`].
     pub struct DecodeNixl {
         recv: NixlKvReceiver,
-        agent: String,
+        pool: EnginePool,
         metadata: Vec<u8>,
-        base: u64,
-        block_bytes: u64,
     }
 
     impl DecodeNixl {
+        /// Registers `pool`; finished writes go to `on_written`.
+        ///
         /// # Safety
-        /// As [`super::DecodeNixl::start`].
+        /// The pool must stay allocated and in place while the returned pin is
+        /// held: hand the pin to the engine thread that owns the pool.
         pub unsafe fn start(
-            name: &str,
-            region: Region,
-            block_bytes: usize,
+            pool: &EnginePool,
             on_written: UnboundedSender<KvWritten>,
         ) -> Result<(DecodeNixl, Pin), String> {
             // SAFETY: forwarded to the caller.
-            let ep = unsafe { endpoint(name, region) }?;
-            let metadata = ep.metadata().map_err(|e| e.to_string())?;
+            let ep = unsafe { register(pool) }?;
+            let metadata = ep.metadata().map_err(|e| format!("NIXL: {e}"))?;
             let pin: Pin = ep.clone();
             let recv = NixlKvReceiver::start(ep, on_written, POLL_EVERY);
+            let pool = pool.clone();
             Ok((
                 DecodeNixl {
                     recv,
-                    agent: name.to_string(),
+                    pool,
                     metadata,
-                    base: region.0 as u64,
-                    block_bytes: block_bytes as u64,
                 },
                 pin,
             ))
         }
 
+        /// Reports `ticket`'s write into `blocks` of import `seq` if it lands
+        /// before `deadline`.
         pub fn expect(&self, ticket: u64, seq: SeqId, blocks: &[BlockId], deadline: Instant) {
             let n = blocks.len() as u64;
-            self.recv
-                .expect(ticket, seq, n as u32, n * self.block_bytes, deadline);
+            let bytes = n * self.pool.block_bytes as u64;
+            self.recv.expect(ticket, seq, n as u32, bytes, deadline);
         }
 
+        /// No report for `ticket` any more (its write may still land).
         pub fn forget(&self, ticket: u64) {
             self.recv.forget(ticket);
         }
 
+        /// Where a prefill worker writes `ticket`'s `blocks`; `tcp` is the data
+        /// plane a prefill worker without NIXL uses instead.
         pub fn target(&self, ticket: u64, blocks: &[BlockId], tcp: Option<String>) -> KvTarget {
             KvTarget::Nixl {
-                agent: self.agent.clone(),
+                agent: self.pool.name.clone(),
                 agent_metadata: self.metadata.clone(),
-                block_addrs: blocks
-                    .iter()
-                    .map(|b| self.base + b.0 as u64 * self.block_bytes)
-                    .collect(),
+                block_addrs: blocks.iter().map(|b| self.pool.block_addr(*b)).collect(),
                 device_id: 0,
                 ticket,
                 tcp,
@@ -114,45 +156,38 @@ mod imp {
         }
     }
 
+    /// The prefill side: one agent with the engine's pool registered, writing
+    /// blocks from it.
     pub struct PrefillNixl {
         ep: Arc<NixlEndpoint>,
-        base: u64,
-        block_bytes: usize,
+        pool: EnginePool,
     }
 
     impl PrefillNixl {
+        /// Registers `pool`.
+        ///
         /// # Safety
-        /// As [`super::PrefillNixl::start`].
-        pub unsafe fn start(
-            name: &str,
-            region: Region,
-            block_bytes: usize,
-        ) -> Result<(PrefillNixl, Pin), String> {
+        /// As [`DecodeNixl::start`].
+        pub unsafe fn start(pool: &EnginePool) -> Result<(PrefillNixl, Pin), String> {
             // SAFETY: forwarded to the caller.
-            let ep = unsafe { endpoint(name, region) }?;
+            let ep = unsafe { register(pool) }?;
             let pin: Pin = ep.clone();
-            Ok((
-                PrefillNixl {
-                    ep,
-                    base: region.0 as u64,
-                    block_bytes,
-                },
-                pin,
-            ))
+            let pool = pool.clone();
+            Ok((PrefillNixl { ep, pool }, pin))
         }
 
+        /// Writes this pool's blocks `src` to the blocks `target` names, in order,
+        /// with `target`'s ticket as the notification; returns when the write
+        /// completed (or failed, or `timeout` passed).
         pub async fn write(
             &self,
             target: &KvTarget,
             src: &[BlockId],
             timeout: Duration,
         ) -> Result<(), String> {
-            let addrs: Vec<u64> = src
-                .iter()
-                .map(|b| self.base + b.0 as u64 * self.block_bytes as u64)
-                .collect();
+            let addrs: Vec<u64> = src.iter().map(|b| self.pool.block_addr(*b)).collect();
             self.ep
-                .write_to_target(target, &addrs, self.block_bytes, timeout)
+                .write_to_target(target, &addrs, self.pool.block_bytes, timeout)
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -160,8 +195,9 @@ mod imp {
 }
 
 #[cfg(not(feature = "nixl"))]
-mod imp {
-    //! Without the `nixl` feature: [`available`] explains, nothing constructs.
+mod stub {
+    //! Without the `nixl` feature: [`available`] explains, nothing constructs,
+    //! so the methods can never run.
     use std::convert::Infallible;
     use std::time::{Duration, Instant};
 
@@ -170,7 +206,7 @@ mod imp {
     use pdserve_engine::{BlockId, SeqId};
     use tokio::sync::mpsc::UnboundedSender;
 
-    use super::Region;
+    use super::EnginePool;
     use crate::engine_actor::Pin;
 
     const NOT_BUILT: &str =
@@ -186,9 +222,7 @@ mod imp {
         /// # Safety
         /// None needed: this build registers nothing.
         pub unsafe fn start(
-            _: &str,
-            _: Region,
-            _: usize,
+            _: &EnginePool,
             _: UnboundedSender<KvWritten>,
         ) -> Result<(DecodeNixl, Pin), String> {
             Err(NOT_BUILT.into())
@@ -209,93 +243,11 @@ mod imp {
     impl PrefillNixl {
         /// # Safety
         /// None needed: this build registers nothing.
-        pub unsafe fn start(_: &str, _: Region, _: usize) -> Result<(PrefillNixl, Pin), String> {
+        pub unsafe fn start(_: &EnginePool) -> Result<(PrefillNixl, Pin), String> {
             Err(NOT_BUILT.into())
         }
         pub async fn write(&self, _: &KvTarget, _: &[BlockId], _: Duration) -> Result<(), String> {
             match self.0 {}
         }
     }
-}
-
-/// Whether NIXL can be used here (built in, library loadable), or why not.
-pub fn available() -> Result<(), String> {
-    imp::available()
-}
-
-/// The decode side: one agent with the engine's pool registered, and the
-/// notification poller that turns finished writes into [`KvWritten`].
-pub struct DecodeNixl(imp::DecodeNixl);
-
-impl DecodeNixl {
-    /// Registers `region` (an engine's whole KV pool, blocks of `block_bytes` in
-    /// block order) with a new agent `name`; finished writes go to `on_written`.
-    ///
-    /// # Safety
-    /// `region` must stay allocated and in place while the returned pin is held:
-    /// hand the pin to the engine thread that owns the pool.
-    pub unsafe fn start(
-        name: &str,
-        region: Region,
-        block_bytes: usize,
-        on_written: UnboundedSender<KvWritten>,
-    ) -> Result<(DecodeNixl, Pin), String> {
-        // SAFETY: forwarded to the caller.
-        unsafe { imp::DecodeNixl::start(name, region, block_bytes, on_written) }
-            .map(|(d, p)| (DecodeNixl(d), p))
-    }
-
-    /// Reports `ticket`'s write into `blocks` of import `seq` if it lands before
-    /// `deadline`.
-    pub fn expect(&self, ticket: u64, seq: SeqId, blocks: &[BlockId], deadline: Instant) {
-        self.0.expect(ticket, seq, blocks, deadline)
-    }
-
-    /// No report for `ticket` any more (its write may still land).
-    pub fn forget(&self, ticket: u64) {
-        self.0.forget(ticket)
-    }
-
-    /// Where a prefill worker writes `ticket`'s `blocks`; `tcp` is the data plane
-    /// a prefill worker without NIXL uses instead.
-    pub fn target(&self, ticket: u64, blocks: &[BlockId], tcp: Option<String>) -> KvTarget {
-        self.0.target(ticket, blocks, tcp)
-    }
-}
-
-/// The prefill side: one agent with the engine's pool registered, writing
-/// blocks from it.
-pub struct PrefillNixl(imp::PrefillNixl);
-
-impl PrefillNixl {
-    /// Registers `region` (an engine's whole KV pool) with a new agent `name`.
-    ///
-    /// # Safety
-    /// As [`DecodeNixl::start`].
-    pub unsafe fn start(
-        name: &str,
-        region: Region,
-        block_bytes: usize,
-    ) -> Result<(PrefillNixl, Pin), String> {
-        // SAFETY: forwarded to the caller.
-        unsafe { imp::PrefillNixl::start(name, region, block_bytes) }
-            .map(|(p, pin)| (PrefillNixl(p), pin))
-    }
-
-    /// Writes this pool's blocks `src` to the blocks `target` names, in order,
-    /// with `target`'s ticket as the notification; returns when the write
-    /// completed (or failed, or `timeout` passed).
-    pub async fn write(
-        &self,
-        target: &KvTarget,
-        src: &[BlockId],
-        timeout: Duration,
-    ) -> Result<(), String> {
-        self.0.write(target, src, timeout).await
-    }
-}
-
-/// A unique agent name for `worker` in this process.
-pub fn agent_name(worker: &pdserve_cluster::WorkerId) -> String {
-    format!("pdserve-{worker}-{}", std::process::id())
 }

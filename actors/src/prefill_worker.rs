@@ -35,7 +35,7 @@ use pdserve_engine::{BlockId, SeqId};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::decode_worker::{broadcast_load, DecodeMsg};
-use crate::engine_actor::{spawn_engine_pinned, EngineCmd, EngineEvent, EngineHandle, Pin};
+use crate::engine_actor::{spawn_engine_pinned, EngineCmd, EngineEvent, EngineHandle};
 use crate::kv_nixl::{self, PrefillNixl};
 use crate::prefill_queue::QueueMsg;
 
@@ -113,7 +113,11 @@ impl Actor for PrefillWorker {
     ) -> Result<PrefillState, ActorProcessingErr> {
         let cfg = args.config;
         let (nixl, pins) = if cfg.nixl {
-            let (n, pin) = start_nixl(&cfg.worker, &args.engine)?;
+            let pool = kv_nixl::EnginePool::of(&cfg.worker, &args.engine)?;
+            // SAFETY: the pool is the engine's, allocated once for its life; the
+            // pin goes to the engine thread, which frees the pool only after the
+            // registration is dropped.
+            let (n, pin) = unsafe { PrefillNixl::start(&pool) }?;
             (Some(Arc::new(n)), vec![pin])
         } else {
             (None, Vec::new())
@@ -195,27 +199,6 @@ fn now_unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// Registers `engine`'s KV pool with a NIXL agent for this worker.
-fn start_nixl(
-    worker: &WorkerId,
-    engine: &Engine,
-) -> Result<(PrefillNixl, Pin), ActorProcessingErr> {
-    let (base, len, kind) = engine
-        .kv_pool_region()
-        .ok_or("NIXL: this engine's KV pool is not one region")?;
-    if kind != pdserve_engine::backend::MemKind::Host {
-        return Err(format!("NIXL: KV pool in {kind:?} memory is not supported yet").into());
-    }
-    let name = kv_nixl::agent_name(worker);
-    // SAFETY: the region is the engine's pool, allocated once for the engine's
-    // life; the pin goes to the engine thread, which frees the pool only after
-    // the registration is dropped.
-    let r = unsafe { PrefillNixl::start(&name, (base, len), engine.kv_layout().block_bytes()) };
-    let r = r.map_err(|e| format!("NIXL: {e}"))?;
-    tracing::info!(%worker, agent = %name, bytes = len, "KV pool registered with NIXL");
-    Ok(r)
 }
 
 /// How long a write may take: `transfer_timeout`, cut to what is left before
@@ -353,6 +336,17 @@ fn send_decode(worker: &WorkerId, msg: DecodeWire) {
 impl PrefillState {
     fn fail(&self, req: &PrefillRequest, reason: String) {
         tracing::warn!(request = %req.id, attempt = req.attempt, "prefill failed: {reason}");
+        self.report_failed(req, reason);
+    }
+
+    /// Answers a cancelled attempt: no write of it will land any more.
+    fn answer_cancelled(&self, req: &PrefillRequest) {
+        tracing::debug!(request = %req.id, attempt = req.attempt, "prefill cancelled");
+        self.report_failed(req, "cancelled".into());
+    }
+
+    /// Tells `req`'s decode worker that this attempt ended without a result.
+    fn report_failed(&self, req: &PrefillRequest, reason: String) {
         send_decode(
             &req.decode_worker,
             DecodeWire::PrefillFailed(PrefillFailed {
@@ -360,20 +354,6 @@ impl PrefillState {
                 attempt: req.attempt,
                 prefill_worker: self.cfg.worker.clone(),
                 reason,
-            }),
-        );
-    }
-
-    /// Answers a cancelled attempt: no write of it will land any more.
-    fn answer_cancelled(&self, req: &PrefillRequest) {
-        tracing::debug!(request = %req.id, attempt = req.attempt, "prefill cancelled");
-        send_decode(
-            &req.decode_worker,
-            DecodeWire::PrefillFailed(PrefillFailed {
-                id: req.id,
-                attempt: req.attempt,
-                prefill_worker: self.cfg.worker.clone(),
-                reason: "cancelled".into(),
             }),
         );
     }

@@ -346,6 +346,17 @@ class Cluster:
     def remote_prefills(self):
         return metric(self.base, "pdserve_prefill_total", {"location": "remote"})
 
+    def warm_until_remote(self, model, timeout=60, words=120):
+        """Sends long prompts (unchecked, untimed) until one is prefilled remotely:
+        the decode worker learns of a prefill worker a moment after the frontend
+        lists both."""
+        deadline, k = time.time() + timeout, 0
+        while self.remote_prefills() < 1:
+            if time.time() > deadline:
+                fail(f"no long prompt was prefilled remotely within {timeout} s", self.procs())
+            k += 1
+            chat(self.base, model, long_prompt(900 + k, words=words), max_tokens=1, timeout=300)
+
 
 def chat(base, model, content, max_tokens=16, timeout=120):
     r = requests.post(

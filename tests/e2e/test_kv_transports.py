@@ -13,7 +13,6 @@ skips, saying why — unless PDSERVE_REQUIRE_NIXL=1, where that is a failure.
 """
 
 import os
-import time
 
 from _pd import Cluster, chat, fail, long_prompt, require_binary, serve, skip, wait_until, watchdog
 
@@ -64,14 +63,7 @@ for transport in ("tcp", "nixl"):
                 p.kill()
             continue
     model = c.wait_ready(180)
-    # The decode worker learns of the prefill worker a moment after the frontend
-    # lists both: warm up with other long prompts until one goes remote.
-    deadline, k = time.time() + 60, 0
-    while c.remote_prefills() < 1:
-        if time.time() > deadline:
-            fail(f"{transport}: no long prompt was prefilled remotely within 60 s", c.procs())
-        k += 1
-        chat(c.base, model, long_prompt(900 + k), max_tokens=1, timeout=300)
+    c.warm_until_remote(model)
     before = c.remote_prefills()
     got = answers(c.base, model, c.procs())
     remote = c.remote_prefills() - before
