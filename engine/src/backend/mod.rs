@@ -150,7 +150,8 @@ pub trait Backend: Send {
     );
     /// `out[k][dim] = x[rows[k]][dim]`.
     fn gather_rows(&self, x: &Self::Buf, rows: &[usize], dim: usize, out: &mut Self::Buf);
-    fn to_host(&self, x: &Self::Buf) -> Vec<f32>;
+    /// The buffer as host memory (the CPU backend hands its vector over, no copy).
+    fn to_host(&self, x: Self::Buf) -> Vec<f32>;
 
     // KV block access for transports.
     fn kv_block_region(&self, kv: &Self::Kv, block: BlockId) -> Option<(usize, usize, MemKind)>;

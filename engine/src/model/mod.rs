@@ -221,7 +221,7 @@ impl<B: Backend> Model<B> {
             m,
             &mut logits,
         );
-        be.to_host(&logits)
+        be.to_host(logits)
     }
 }
 

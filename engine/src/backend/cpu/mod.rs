@@ -194,8 +194,8 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn to_host(&self, x: &Vec<f32>) -> Vec<f32> {
-        x.clone()
+    fn to_host(&self, x: Vec<f32>) -> Vec<f32> {
+        x
     }
 
     fn kv_block_region(&self, kv: &CpuKvPool, block: BlockId) -> Option<(usize, usize, MemKind)> {
