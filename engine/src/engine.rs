@@ -24,7 +24,7 @@ use crate::loader::LoadedModel;
 use crate::model::{Model, ModelRunner};
 use crate::sampling::stop::StopChecker;
 use crate::sampling::{SampledToken, SamplingParams, SequenceSampler};
-use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerStats};
+use crate::scheduler::{ScheduledChunk, Scheduler, SchedulerConfig, SchedulerStats};
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 use crate::{BlockId, EngineError, Result, SeqId};
 
@@ -381,20 +381,13 @@ impl Engine {
         }
         let mut logits = self.runner.forward(&batch)?;
         let vocab = self.runner.config().vocab_size;
+        let mut sampled = self.sample_rows(&plan.chunks, &mut logits, vocab);
         let mut outputs = Vec::new();
-        let mut row = 0;
         for ch in &plan.chunks {
-            if !ch.sample {
-                self.scheduler.complete_chunk(ch.seq, ch.len, None);
-                continue;
-            }
-            let lg = &mut logits[row * vocab..(row + 1) * vocab];
-            row += 1;
-            let Some(st) = self.seqs.get_mut(&ch.seq) else {
+            let Some(tok) = sampled.remove(&ch.seq) else {
                 self.scheduler.complete_chunk(ch.seq, ch.len, None);
                 continue;
             };
-            let tok = st.sampler.sample(lg);
             self.scheduler
                 .complete_chunk(ch.seq, ch.len, Some(tok.token));
             let out = self.emit(ch.seq, tok);
@@ -404,6 +397,33 @@ impl Engine {
             outputs.push(out);
         }
         Ok(outputs)
+    }
+
+    /// Samples the next token of every chunk that wants one, from its logits row (rows
+    /// in chunk order), the sequences in parallel: each sampler owns its random
+    /// state, so the result does not depend on the order.
+    fn sample_rows(
+        &mut self,
+        chunks: &[ScheduledChunk],
+        logits: &mut [f32],
+        vocab: usize,
+    ) -> HashMap<SeqId, SampledToken> {
+        let mut rows: HashMap<SeqId, &mut [f32]> = chunks
+            .iter()
+            .filter(|ch| ch.sample)
+            .map(|ch| ch.seq)
+            .zip(logits.chunks_exact_mut(vocab))
+            .collect();
+        let jobs: Vec<(SeqId, &mut SequenceSampler, &mut [f32])> = self
+            .seqs
+            .iter_mut()
+            .filter_map(|(id, st)| Some((*id, &mut st.sampler, rows.remove(id)?)))
+            .collect();
+        use rayon::prelude::*;
+        jobs.into_par_iter()
+            .with_max_len(1)
+            .map(|(id, sampler, lg)| (id, sampler.sample(lg)))
+            .collect()
     }
 
     /// Accounts one generated token: detokenize, stop checks, finish reason.
