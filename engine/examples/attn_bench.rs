@@ -50,7 +50,10 @@ fn main() {
         .map(|i| (i % 13) as f32 / 13.0)
         .collect();
     let mut out = vec![0f32; q.len()];
-    let reps = 20;
+    let reps = std::env::var("REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(20);
     let mut best = f64::INFINITY;
     for _ in 0..reps {
         let t = Instant::now();

@@ -167,14 +167,36 @@ impl HeadTask<'_> {
         let srow = |h: usize, i: usize| (h * s.len + i) * ctx;
 
         let mut scores = vec![0f32; nh * s.len * ctx];
-        for_each_visible!(self, false, |i, t, k| {
-            let qi = &self.q[(s.row_start + i) * q_dim + h0 * hd..][..nh * hd];
+        #[cfg(target_arch = "x86_64")]
+        let decode = AVX && s.len == 1;
+        #[cfg(not(target_arch = "x86_64"))]
+        let decode = false;
+        #[cfg(target_arch = "x86_64")]
+        if decode {
+            let qi = &self.q[s.row_start * q_dim + h0 * hd..][..nh * hd];
             for h in 0..nh {
-                let qh = &qi[h * hd..][..hd];
-                let kh = &k[h / group * hd..][..hd];
-                scores[(h * s.len + i) * ctx + t] = vdot::<AVX>(qh, kh) * scale;
+                let kv_head = self.kv_heads.start + h / group;
+                // SAFETY: `AVX` is only true inside `run_avx2`'s AVX2+FMA function.
+                unsafe {
+                    self.key_scores(
+                        kv_head,
+                        &qi[h * hd..][..hd],
+                        scale,
+                        &mut scores[h * ctx..][..ctx],
+                    )
+                };
             }
-        });
+        }
+        if !decode {
+            for_each_visible!(self, false, |i, t, k| {
+                let qi = &self.q[(s.row_start + i) * q_dim + h0 * hd..][..nh * hd];
+                for h in 0..nh {
+                    let qh = &qi[h * hd..][..hd];
+                    let kh = &k[h / group * hd..][..hd];
+                    scores[(h * s.len + i) * ctx + t] = vdot::<AVX>(qh, kh) * scale;
+                }
+            });
+        }
         for h in 0..nh {
             for i in 0..s.len {
                 let n_keys = s.pos_start + i + 1;
@@ -209,6 +231,35 @@ impl HeadTask<'_> {
             }
         });
         res
+    }
+
+    /// `out[t] = (q · K[t][kv_head]) · scale` for every key of the sequence, four
+    /// keys at a time (bitwise what the general path computes per key).
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn key_scores(&self, kv_head: usize, q: &[f32], scale: f32, out: &mut [f32]) {
+        let l = &self.kv.layout;
+        let (bs, kv_dim, hd) = (l.block_size, l.kv_dim(), l.head_dim);
+        let ctx = out.len();
+        for b in 0..ctx.div_ceil(bs) {
+            let slab = l.slab_offset(self.seq.block_table[b].0 as usize, self.layer, false);
+            let n = (ctx - b * bs).min(bs);
+            let key = |j: usize| &self.kv.data[slab + j * kv_dim + kv_head * hd..][..hd];
+            let mut j = 0;
+            while j + 4 <= n {
+                // SAFETY: called from an AVX2+FMA function (this one).
+                let d = unsafe { dot4_avx2(q, [key(j), key(j + 1), key(j + 2), key(j + 3)]) };
+                for (o, d) in out[b * bs + j..][..4].iter_mut().zip(d) {
+                    *o = d * scale;
+                }
+                j += 4;
+            }
+            for j in j..n {
+                // SAFETY: as above.
+                out[b * bs + j] = unsafe { dot_avx2(q, key(j)) } * scale;
+            }
+        }
     }
 
     /// `out = Σ_t p[t] · V[t][kv_head][d0..d0 + 64]` over the sequence's keys in
@@ -286,29 +337,74 @@ fn vaxpy<const AVX: bool>(a: f32, x: &[f32], y: &mut [f32]) {
     axpy(a, x, y)
 }
 
-/// Dot product of two equal-length slices whose length is a multiple of 8: two
-/// FMA accumulators over alternate 8-lane chunks, then a fixed reduction.
+/// Dot product of two equal-length slices whose length is a multiple of 8: one FMA
+/// chain over the 8-lane chunks in order, then [`reduce_lanes`]. [`dot4_avx2`]
+/// performs exactly these operations for four dots at once.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     assert!(a.len() == b.len() && a.len().is_multiple_of(8));
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut acc = _mm256_setzero_ps();
     for c in 0..a.len() / 8 {
         // SAFETY: chunk c lies within both slices (asserted).
-        let (x, y) = unsafe {
-            (
+        acc = unsafe {
+            _mm256_fmadd_ps(
                 _mm256_loadu_ps(pa.add(8 * c)),
                 _mm256_loadu_ps(pb.add(8 * c)),
+                acc,
             )
         };
-        acc[c % 2] = _mm256_fmadd_ps(x, y, acc[c % 2]);
     }
-    let v = _mm256_add_ps(acc[0], acc[1]);
-    let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    reduce_lanes(acc)
+}
+
+/// `(x₀ + x₂) + (x₁ + x₃)` with `x_j = v_j + v_{j+4}`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn reduce_lanes(v: __m256) -> f32 {
+    let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let h = _mm_add_ps(x, _mm_movehl_ps(x, x));
     _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
+}
+
+/// `[q·k₀, q·k₁, q·k₂, q·k₃]`, each bitwise equal to [`dot_avx2`]: four FMA chains
+/// (one per key, so four independent ones in flight) and the same reduction,
+/// done for the four by unpacking instead of per dot.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot4_avx2(q: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
+    assert!(q.len().is_multiple_of(8) && k.iter().all(|k| k.len() == q.len()));
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for c in 0..q.len() / 8 {
+        // SAFETY: chunk c lies within every slice (asserted).
+        unsafe {
+            let qc = _mm256_loadu_ps(q.as_ptr().add(8 * c));
+            for (a, k) in acc.iter_mut().zip(&k) {
+                *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k.as_ptr().add(8 * c)), *a);
+            }
+        }
+    }
+    // [x₀ | x₁] and [x₂ | x₃] with x_k = lo(acc_k) + hi(acc_k).
+    let y01 = _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x20>(acc[0], acc[1]),
+        _mm256_permute2f128_ps::<0x31>(acc[0], acc[1]),
+    );
+    let y23 = _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x20>(acc[2], acc[3]),
+        _mm256_permute2f128_ps::<0x31>(acc[2], acc[3]),
+    );
+    // Per half: [xa₀+xa₂, xb₀+xb₂, xa₁+xa₃, xb₁+xb₃] (a = 0|1, b = 2|3).
+    let p = _mm256_add_ps(_mm256_unpacklo_ps(y01, y23), _mm256_unpackhi_ps(y01, y23));
+    // Lane 0 of each pair: (x₀+x₂) + (x₁+x₃), as in `reduce_lanes`.
+    let r = _mm256_add_ps(p, _mm256_permute_ps::<0b01_00_11_10>(p));
+    let mut out = [0f32; 8];
+    // SAFETY: `out` holds 8 floats.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), r) };
+    [out[0], out[4], out[1], out[5]]
 }
 
 /// `y += a·x` (FMA per lane) for equal lengths that are a multiple of 8.
