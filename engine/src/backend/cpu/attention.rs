@@ -10,13 +10,20 @@
 //! The kernel body is plain safe Rust over two vector primitives (a dot product
 //! and `y += a·x`). On x86-64 CPUs with AVX2+FMA, and head dimensions that are a
 //! multiple of 8, it is compiled a second time inside a `#[target_feature]`
-//! function with explicit 256-bit FMA primitives (LLVM's own vectorization of the
-//! portable dot product used 128-bit shuffles and made attention ~40% of a
-//! batch-16 decode step). Either way every query row gets the same arithmetic.
+//! function with the explicit 256-bit FMA primitives of [`super::simd`] (LLVM's
+//! own vectorization of the portable dot product used 128-bit shuffles).
+//!
+//! Decode rows (one query row per sequence, the bulk of batched decode) take a
+//! faster route in that AVX2 build: key scores four keys at a time and each head's
+//! output held in registers across all keys. Its arithmetic is the general path's,
+//! operation for operation (the `decode_rows_equal_prefill_rows` test holds it to
+//! bitwise equality), so a row's result never depends on how it was scheduled.
 
 use rayon::prelude::*;
 
 use super::ops::{axpy, dot};
+#[cfg(target_arch = "x86_64")]
+use super::simd::{axpy_avx2, dot4_avx2, dot_avx2};
 use crate::backend::AttnSeq;
 use crate::kv::pool::CpuKvPool;
 use crate::sampling::fastmath::exp_nonpos;
@@ -335,97 +342,6 @@ fn vaxpy<const AVX: bool>(a: f32, x: &[f32], y: &mut [f32]) {
         return unsafe { axpy_avx2(a, x, y) };
     }
     axpy(a, x, y)
-}
-
-/// Dot product of two equal-length slices whose length is a multiple of 8: one FMA
-/// chain over the 8-lane chunks in order, then [`reduce_lanes`]. [`dot4_avx2`]
-/// performs exactly these operations for four dots at once.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    assert!(a.len() == b.len() && a.len().is_multiple_of(8));
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc = _mm256_setzero_ps();
-    for c in 0..a.len() / 8 {
-        // SAFETY: chunk c lies within both slices (asserted).
-        acc = unsafe {
-            _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(8 * c)),
-                _mm256_loadu_ps(pb.add(8 * c)),
-                acc,
-            )
-        };
-    }
-    reduce_lanes(acc)
-}
-
-/// `(x₀ + x₂) + (x₁ + x₃)` with `x_j = v_j + v_{j+4}`.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn reduce_lanes(v: __m256) -> f32 {
-    let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let h = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
-}
-
-/// `[q·k₀, q·k₁, q·k₂, q·k₃]`, each bitwise equal to [`dot_avx2`]: four FMA chains
-/// (one per key, so four independent ones in flight) and the same reduction,
-/// done for the four by unpacking instead of per dot.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot4_avx2(q: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
-    assert!(q.len().is_multiple_of(8) && k.iter().all(|k| k.len() == q.len()));
-    let mut acc = [_mm256_setzero_ps(); 4];
-    for c in 0..q.len() / 8 {
-        // SAFETY: chunk c lies within every slice (asserted).
-        unsafe {
-            let qc = _mm256_loadu_ps(q.as_ptr().add(8 * c));
-            for (a, k) in acc.iter_mut().zip(&k) {
-                *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k.as_ptr().add(8 * c)), *a);
-            }
-        }
-    }
-    // [x₀ | x₁] and [x₂ | x₃] with x_k = lo(acc_k) + hi(acc_k).
-    let y01 = _mm256_add_ps(
-        _mm256_permute2f128_ps::<0x20>(acc[0], acc[1]),
-        _mm256_permute2f128_ps::<0x31>(acc[0], acc[1]),
-    );
-    let y23 = _mm256_add_ps(
-        _mm256_permute2f128_ps::<0x20>(acc[2], acc[3]),
-        _mm256_permute2f128_ps::<0x31>(acc[2], acc[3]),
-    );
-    // Per half: [xa₀+xa₂, xb₀+xb₂, xa₁+xa₃, xb₁+xb₃] (a = 0|1, b = 2|3).
-    let p = _mm256_add_ps(_mm256_unpacklo_ps(y01, y23), _mm256_unpackhi_ps(y01, y23));
-    // Lane 0 of each pair: (x₀+x₂) + (x₁+x₃), as in `reduce_lanes`.
-    let r = _mm256_add_ps(p, _mm256_permute_ps::<0b01_00_11_10>(p));
-    let mut out = [0f32; 8];
-    // SAFETY: `out` holds 8 floats.
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), r) };
-    [out[0], out[4], out[1], out[5]]
-}
-
-/// `y += a·x` (FMA per lane) for equal lengths that are a multiple of 8.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
-    assert!(x.len() == y.len() && x.len().is_multiple_of(8));
-    let av = _mm256_set1_ps(a);
-    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
-    for c in 0..x.len() / 8 {
-        // SAFETY: chunk c lies within both slices (asserted).
-        unsafe {
-            let v = _mm256_fmadd_ps(
-                av,
-                _mm256_loadu_ps(px.add(8 * c)),
-                _mm256_loadu_ps(py.add(8 * c)),
-            );
-            _mm256_storeu_ps(py.add(8 * c), v);
-        }
-    }
 }
 
 #[cfg(test)]

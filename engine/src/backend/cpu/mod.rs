@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod ops;
+pub mod simd;
 
 use rayon::prelude::*;
 

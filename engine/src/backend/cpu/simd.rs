@@ -1,0 +1,109 @@
+//! Explicit AVX2+FMA float primitives for the CPU attention kernel, each with a
+//! fixed operation order so that every caller gets bitwise the same results: a dot
+//! product (one FMA chain over 8-lane chunks, then [`reduce_lanes`]), the same for
+//! four keys at once, and `y += a·x`.
+//!
+//! All are `#[target_feature]` functions: callers must have checked for AVX2 and
+//! FMA (attention does, once per call); each asserts the slice lengths it relies on.
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+/// Dot product of two equal-length slices whose length is a multiple of 8: one FMA
+/// chain over the 8-lane chunks in order, then [`reduce_lanes`]. [`dot4_avx2`]
+/// performs exactly these operations for four dots at once.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    assert!(a.len() == b.len() && a.len().is_multiple_of(8));
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = _mm256_setzero_ps();
+    for c in 0..a.len() / 8 {
+        // SAFETY: chunk c lies within both slices (asserted).
+        acc = unsafe {
+            _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(8 * c)),
+                _mm256_loadu_ps(pb.add(8 * c)),
+                acc,
+            )
+        };
+    }
+    reduce_lanes(acc)
+}
+
+/// `(x₀ + x₂) + (x₁ + x₃)` with `x_j = v_j + v_{j+4}`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn reduce_lanes(v: __m256) -> f32 {
+    let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let h = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
+}
+
+/// `[q·k₀, q·k₁, q·k₂, q·k₃]`, each bitwise equal to [`dot_avx2`]: four FMA chains
+/// (one per key, so four independent ones in flight) and the same reduction,
+/// done for the four by unpacking instead of per dot.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn dot4_avx2(q: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
+    assert!(q.len().is_multiple_of(8) && k.iter().all(|k| k.len() == q.len()));
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for c in 0..q.len() / 8 {
+        // SAFETY: chunk c lies within every slice (asserted).
+        unsafe {
+            let qc = _mm256_loadu_ps(q.as_ptr().add(8 * c));
+            for (a, k) in acc.iter_mut().zip(&k) {
+                *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k.as_ptr().add(8 * c)), *a);
+            }
+        }
+    }
+    // [x₀ | x₁] and [x₂ | x₃] with x_k = lo(acc_k) + hi(acc_k).
+    let y01 = _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x20>(acc[0], acc[1]),
+        _mm256_permute2f128_ps::<0x31>(acc[0], acc[1]),
+    );
+    let y23 = _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x20>(acc[2], acc[3]),
+        _mm256_permute2f128_ps::<0x31>(acc[2], acc[3]),
+    );
+    // Per half: [xa₀+xa₂, xb₀+xb₂, xa₁+xa₃, xb₁+xb₃] (a = 0|1, b = 2|3).
+    let p = _mm256_add_ps(_mm256_unpacklo_ps(y01, y23), _mm256_unpackhi_ps(y01, y23));
+    // Lane 0 of each pair: (x₀+x₂) + (x₁+x₃), as in `reduce_lanes`.
+    let r = _mm256_add_ps(p, _mm256_permute_ps::<0b01_00_11_10>(p));
+    let mut out = [0f32; 8];
+    // SAFETY: `out` holds 8 floats.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), r) };
+    [out[0], out[4], out[1], out[5]]
+}
+
+/// `y += a·x` (FMA per lane) for equal lengths that are a multiple of 8.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
+    assert!(x.len() == y.len() && x.len().is_multiple_of(8));
+    let av = _mm256_set1_ps(a);
+    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+    for c in 0..x.len() / 8 {
+        // SAFETY: chunk c lies within both slices (asserted).
+        unsafe {
+            let v = _mm256_fmadd_ps(
+                av,
+                _mm256_loadu_ps(px.add(8 * c)),
+                _mm256_loadu_ps(py.add(8 * c)),
+            );
+            _mm256_storeu_ps(py.add(8 * c), v);
+        }
+    }
+}
