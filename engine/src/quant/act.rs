@@ -88,16 +88,7 @@ pub struct ActTile4<'a> {
 
 impl<'a> ActTile4<'a> {
     pub fn new(rows: [ActRow<'a>; 4]) -> ActTile4<'a> {
-        let nb = rows[0].nb();
-        let mut d8 = vec![0f32; 8 * nb];
-        let mut s4 = vec![0f32; 4 * nb];
-        for b in 0..nb {
-            for (r, row) in rows.iter().enumerate() {
-                d8[8 * b + r] = row.d(b);
-                d8[8 * b + 4 + r] = row.d(b);
-                s4[4 * b + r] = row.s(b);
-            }
-        }
+        let (d8, s4) = transpose_scales(&rows);
         ActTile4 { rows, d8, s4 }
     }
 }
@@ -113,19 +104,27 @@ pub struct ActTile8<'a> {
 
 impl<'a> ActTile8<'a> {
     pub fn new(rows: [ActRow<'a>; 8]) -> ActTile8<'a> {
-        let nb = rows[0].nb();
-        let mut d16 = vec![0f32; 16 * nb];
-        let mut s8 = vec![0f32; 8 * nb];
-        for b in 0..nb {
-            for (r, row) in rows.iter().enumerate() {
-                let base = 16 * b + 8 * (r / 4) + r % 4;
-                d16[base] = row.d(b);
-                d16[base + 4] = row.d(b);
-                s8[8 * b + r] = row.s(b);
-            }
-        }
+        let (d16, s8) = transpose_scales(&rows);
         ActTile8 { rows, d16, s8 }
     }
+}
+
+/// Block-major scales of `R` rows (R a multiple of 4) in the tiles' layout: per block
+/// b, `d[2R·b ..]` holds each group of four rows' `d` twice (`[d₀..d₃, d₀..d₃]`, …)
+/// and `s[R·b + r] = s_r(b)`.
+fn transpose_scales<const R: usize>(rows: &[ActRow<'_>; R]) -> (Vec<f32>, Vec<f32>) {
+    let nb = rows[0].nb();
+    let mut d = vec![0f32; 2 * R * nb];
+    let mut s = vec![0f32; R * nb];
+    for b in 0..nb {
+        for (r, row) in rows.iter().enumerate() {
+            let base = 2 * R * b + 8 * (r / 4) + r % 4;
+            d[base] = row.d(b);
+            d[base + 4] = row.d(b);
+            s[R * b + r] = row.s(b);
+        }
+    }
+    (d, s)
 }
 
 /// Portable quantizer; the AVX2 one must produce identical output.

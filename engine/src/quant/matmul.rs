@@ -276,29 +276,27 @@ fn int_tile(
         .collect();
     let rest = i4 + 4 * groups.len()..i.end;
     let mut o8 = [0f32; 8 * TILE_ROWS];
+    // `o8` holds weight rows t0.. × `width` activation rows from `ib`; into `out`.
+    let scatter = |out: &mut [f32], o8: &[f32], t0: usize, ib: usize, width: usize| {
+        for (row, o) in (t0..).zip(o8.chunks_exact(width)) {
+            for (q, v) in o.iter().enumerate() {
+                out[(ib + q - i0) * ldo + row - r0] = *v;
+            }
+        }
+    };
     let mut t0 = r.start;
     while t0 < r.end {
         let t1 = (t0 + TILE_ROWS).min(r.end);
         let w = &bytes[t0 * rb..t1 * rb];
         if let Some(dot8) = dot8 {
             for (g, a) in groups8.iter().enumerate() {
-                let ib = i0 + 8 * g;
                 dot8(w, rb, a, &mut o8[..8 * (t1 - t0)]);
-                for (row, o) in (t0..t1).zip(o8.chunks_exact(8)) {
-                    for (q, v) in o.iter().enumerate() {
-                        out[(ib + q - i0) * ldo + row - r0] = *v;
-                    }
-                }
+                scatter(out, &o8[..8 * (t1 - t0)], t0, i0 + 8 * g, 8);
             }
         }
         for (g, a) in groups.iter().enumerate() {
-            let ib = i4 + 4 * g;
             (k.dot4)(w, rb, a, &mut o8[..4 * (t1 - t0)]);
-            for (row, o) in (t0..t1).zip(o8.chunks_exact(4)) {
-                for (q, v) in o.iter().enumerate() {
-                    out[(ib + q - i0) * ldo + row - r0] = *v;
-                }
-            }
+            scatter(out, &o8[..4 * (t1 - t0)], t0, i4 + 4 * g, 4);
         }
         for ii in rest.clone() {
             let a = acts.row(ii);

@@ -174,10 +174,8 @@ impl HeadTask<'_> {
         let srow = |h: usize, i: usize| (h * s.len + i) * ctx;
 
         let mut scores = vec![0f32; nh * s.len * ctx];
-        #[cfg(target_arch = "x86_64")]
+        // Decode rows take the faster route (AVX is only ever true on x86-64).
         let decode = AVX && s.len == 1;
-        #[cfg(not(target_arch = "x86_64"))]
-        let decode = false;
         #[cfg(target_arch = "x86_64")]
         if decode {
             let qi = &self.q[s.row_start * q_dim + h0 * hd..][..nh * hd];
@@ -212,7 +210,7 @@ impl HeadTask<'_> {
         }
         let mut res = vec![0f32; nh * s.len * hd];
         #[cfg(target_arch = "x86_64")]
-        if AVX && s.len == 1 && hd.is_multiple_of(64) {
+        if decode && hd.is_multiple_of(64) {
             // Decode: each head's output stays in registers over all keys. The same
             // per-lane FMA chain in key order as the general path below.
             for h in 0..nh {
