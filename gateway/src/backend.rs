@@ -30,6 +30,12 @@ pub enum SubmitError {
 pub trait ServingBackend: Send + Sync + 'static {
     /// Models served now (by live, non-draining decode workers).
     fn models(&self) -> Vec<ServedModel>;
+    /// A worker reports model `name` but it cannot be listed yet (its tokenizer is
+    /// still loading): a request for it waits (see `AppState::resolve_model`)
+    /// instead of getting a 503 it did nothing to deserve.
+    fn model_pending(&self, _name: &str) -> bool {
+        false
+    }
     /// Hands a tokenized request to the router. Events for it arrive in order on
     /// the returned channel: `Started`, then `Tokens`…, ending with a `Tokens`
     /// carrying `finish: Some(..)` or with an `Error`. The channel closing without

@@ -88,7 +88,7 @@ async fn run_generation(
         }
     };
     drop(obj);
-    let model = st.find_model(&valid.model)?;
+    let model = st.resolve_model(&valid.model).await?;
     let permit = st.admit()?;
     let prepared = prompt::prepare(&valid, &model).await?;
     tracing::debug!(

@@ -13,6 +13,12 @@ use crate::config::GatewayConfig;
 use crate::error::ApiError;
 use crate::metrics::GatewayMetrics;
 
+/// Longest a request waits for a model that a worker reports but that is not
+/// listed yet (tokenizer loading: normally well under a second).
+pub const MODEL_PENDING_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often a waiting request looks again.
+pub const MODEL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 pub struct AppState {
     pub config: GatewayConfig,
     pub backend: Arc<dyn ServingBackend>,
@@ -85,6 +91,26 @@ impl AppState {
             })
         } else {
             Err(ApiError::TooManyRequests { limit })
+        }
+    }
+
+    /// The served model named `name`; while the backend reports it pending (a
+    /// worker has it, its tokenizer is loading) this waits, polling every
+    /// [`MODEL_POLL`], for at most [`MODEL_PENDING_WAIT`] (or the request
+    /// timeout if shorter). Otherwise as [`AppState::find_model`].
+    pub async fn resolve_model(&self, name: &str) -> Result<ServedModel, ApiError> {
+        let deadline =
+            tokio::time::Instant::now() + MODEL_PENDING_WAIT.min(self.config.request_timeout);
+        loop {
+            if let Ok(found) = self.find_model(name) {
+                return Ok(found);
+            }
+            // Looked at after the miss: a load finishing in between is seen by the
+            // second `find_model`.
+            if !self.backend.model_pending(name) || tokio::time::Instant::now() >= deadline {
+                return self.find_model(name);
+            }
+            tokio::time::sleep(MODEL_POLL).await;
         }
     }
 

@@ -232,6 +232,58 @@ async fn admission_limit_is_429_and_frees_on_completion() {
     .await;
 }
 
+/// A worker reports the model but its tokenizer is still loading (a frontend's
+/// first moments): the request waits for it and is served, not refused.
+#[tokio::test]
+async fn a_pending_model_is_waited_for() {
+    use std::sync::atomic::Ordering;
+    let b = FakeBackend::words();
+    let app = router(&b, GatewayConfig::default());
+    let listed = std::mem::take(&mut *b.models.lock().expect("lock"));
+    b.pending.store(true, Ordering::Release);
+    let loader = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            *b.models.lock().expect("lock") = listed;
+            b.pending.store(false, Ordering::Release);
+        })
+    };
+    let t0 = std::time::Instant::now();
+    let (status, v) = send_json(&app, post("/v1/chat/completions", chat_body(""))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(100),
+        "served before the model was listed"
+    );
+    assert_eq!(b.submitted().len(), 1);
+    loader.await.expect("loader");
+
+    // The load fails: pending ends, and the waiting request gets the 503 then.
+    b.models.lock().expect("lock").clear();
+    b.pending.store(true, Ordering::Release);
+    let failer = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            b.pending.store(false, Ordering::Release);
+        })
+    };
+    let t0 = std::time::Instant::now();
+    let e = error_of(
+        &app,
+        post("/v1/chat/completions", chat_body("")),
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    assert_eq!(e["type"], "service_unavailable");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(50),
+        "refused while still pending"
+    );
+    failer.await.expect("failer");
+}
+
 #[tokio::test]
 async fn no_worker_is_503() {
     let b = FakeBackend::words();

@@ -4,9 +4,11 @@
 //! Tokenizers: a `serve` process hands over its engines' tokenizer; a frontend
 //! loads each model's tokenizer the first time a worker reports that model, from
 //! the `--model` the worker was given (same machine or shared filesystem), on a
-//! background thread; the model is listed once its tokenizer is ready. A frontend
-//! looks at the workers' reports every [`WARMUP_PERIOD`] so that this load starts
-//! when the worker appears, not when the first client asks (which got a 503).
+//! background thread; the model is listed once its tokenizer is ready, and until
+//! then it is *pending*: a request for it waits for the load rather than getting a
+//! 503 (`ServingBackend::model_pending`). A frontend looks at the workers'
+//! reports every [`WARMUP_PERIOD`] so that this load starts when the worker
+//! appears, not when the first client asks.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -26,6 +28,8 @@ pub struct ActorBackend {
     reply_to: String,
     tokenizers: Arc<Mutex<HashMap<String, Tokenizer>>>,
     loading: Mutex<HashSet<String>>,
+    /// Models whose tokenizer could not be loaded (not retried; never pending).
+    failed: Arc<Mutex<HashSet<String>>>,
     allow_download: bool,
 }
 
@@ -43,6 +47,7 @@ impl ActorBackend {
             reply_to,
             tokenizers: Arc::new(Mutex::new(known.into_iter().collect())),
             loading: Mutex::new(HashSet::new()),
+            failed: Arc::new(Mutex::new(HashSet::new())),
             allow_download,
         }
     }
@@ -55,6 +60,7 @@ impl ActorBackend {
         if loading.insert(load.model.clone()) {
             let (model, spec) = (load.model.clone(), load.model_spec.clone());
             let cache = self.tokenizers.clone();
+            let failed = self.failed.clone();
             let opts = LoadOptions {
                 prefault: false,
                 allow_download: self.allow_download,
@@ -67,7 +73,12 @@ impl ActorBackend {
                         c.insert(model, m.tokenizer);
                     }
                 }
-                Err(e) => tracing::error!(%model, %spec, "cannot load the tokenizer: {e}"),
+                Err(e) => {
+                    tracing::error!(%model, %spec, "cannot load the tokenizer: {e}");
+                    if let Ok(mut f) = failed.lock() {
+                        f.insert(model);
+                    }
+                }
             });
         }
         None
@@ -108,6 +119,17 @@ impl ServingBackend for ActorBackend {
                 })
             })
             .collect()
+    }
+
+    fn model_pending(&self, name: &str) -> bool {
+        let load = match self.view.read() {
+            Ok(v) => v.models().into_iter().find(|l| l.model == name),
+            Err(_) => return false,
+        };
+        let Some(load) = load else { return false };
+        let failed = self.failed.lock().map_or(true, |f| f.contains(name));
+        // Starts the load if nothing has yet; pending while it runs.
+        !failed && self.tokenizer(&load).is_none()
     }
 
     fn submit(

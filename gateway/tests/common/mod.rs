@@ -69,6 +69,8 @@ pub struct FakeBackend {
     pub submitted: Mutex<Vec<GenerateRequest>>,
     pub cancelled: Mutex<Vec<RequestId>>,
     pub prefill: Mutex<PrefillLocation>,
+    /// What `model_pending` answers (a worker has the model, its tokenizer loads).
+    pub pending: std::sync::atomic::AtomicBool,
     /// `models()` panics (a backend bug).
     pub panic_in_models: std::sync::atomic::AtomicBool,
     /// Senders of hanging requests, kept until cancelled.
@@ -89,6 +91,7 @@ impl FakeBackend {
             submitted: Mutex::new(Vec::new()),
             cancelled: Mutex::new(Vec::new()),
             prefill: Mutex::new(PrefillLocation::Local),
+            pending: std::sync::atomic::AtomicBool::new(false),
             panic_in_models: std::sync::atomic::AtomicBool::new(false),
             hanging: Mutex::new(HashMap::new()),
         })
@@ -182,6 +185,10 @@ impl ServingBackend for FakeBackend {
             panic!("fake backend bug");
         }
         self.models.lock().expect("lock").clone()
+    }
+
+    fn model_pending(&self, _name: &str) -> bool {
+        self.pending.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn submit(&self, req: GenerateRequest) -> Result<UnboundedReceiver<StreamEvent>, SubmitError> {
