@@ -1,5 +1,6 @@
 //! The compute backend abstraction: the transformer forward (`model`) is written
-//! once against [`Backend`]; the CPU backend implements it now, CUDA next.
+//! once against [`Backend`]; the CPU backend (`cpu`) and the CUDA backend
+//! (`cuda`, feature `cuda`) implement it.
 //!
 //! A backend owns its buffers (`Buf`, f32 activations, row-major `[rows][dim]`),
 //! its resident weights (`Matrix`, `Vector`) and its KV pool (`Kv`). All shapes are
@@ -71,6 +72,8 @@ pub trait Backend: Send {
     /// Rotary-embedding angles for one batch's positions (built once per forward,
     /// used by every layer).
     type Rope: Send;
+    /// Bytes per KV cache element (f32 on the CPU, bf16 on CUDA).
+    const KV_ELEM_BYTES: usize = 4;
 
     fn name(&self) -> String;
 
@@ -152,6 +155,13 @@ pub trait Backend: Send {
     fn gather_rows(&self, x: &Self::Buf, rows: &[usize], dim: usize, out: &mut Self::Buf);
     /// The buffer as host memory (the CPU backend hands its vector over, no copy).
     fn to_host(&self, x: Self::Buf) -> Vec<f32>;
+    /// The first device error since the backend was made, if any. Ops cannot
+    /// return errors (a device queues them); a backend that can fail (CUDA)
+    /// records the first failure, skips later ops, and the model runner fails
+    /// the step with it.
+    fn take_fault(&self) -> Option<String> {
+        None
+    }
 
     // KV block access for transports.
     fn kv_block_region(&self, kv: &Self::Kv, block: BlockId) -> Option<(usize, usize, MemKind)>;

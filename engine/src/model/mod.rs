@@ -97,7 +97,7 @@ impl<B: Backend> Model<B> {
         })
     }
 
-    /// The KV geometry of `config` (f32 elements).
+    /// The KV geometry of `config` (elements as the backend stores them).
     pub fn layout_for(config: &ModelConfig, block_size: usize, num_blocks: usize) -> KvLayout {
         KvLayout {
             num_blocks,
@@ -105,7 +105,7 @@ impl<B: Backend> Model<B> {
             block_size,
             num_kv_heads: config.num_kv_heads,
             head_dim: config.head_dim,
-            elem_bytes: 4,
+            elem_bytes: B::KV_ELEM_BYTES,
         }
     }
 
@@ -238,7 +238,11 @@ impl<B: Backend> ModelRunner for Model<B> {
 
     fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<f32>> {
         self.check_batch(batch)?;
-        Ok(B::run(|| self.forward_checked(batch)))
+        let logits = B::run(|| self.forward_checked(batch));
+        match self.backend.take_fault() {
+            Some(fault) => Err(EngineError::Device(fault)),
+            None => Ok(logits),
+        }
     }
 
     fn kv_block_region(&self, block: BlockId) -> Option<(usize, usize, MemKind)> {

@@ -126,3 +126,170 @@ extern "C" __global__ void embed_bf16(const bf16* __restrict__ table,
         dst[i] = src[i];
     }
 }
+
+// In-place RMSNorm of each head_dim slice (Qwen3's q/k norm); grid (rows * heads).
+extern "C" __global__ void head_rms_norm_bf16(bf16* __restrict__ x,
+                                              const bf16* __restrict__ w,
+                                              int head_dim, float eps) {
+    bf16* h = x + (size_t)blockIdx.x * head_dim;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+        float v = bf16_to_f32(h[i]);
+        ss += v * v;
+    }
+    float scale = rsqrtf(block_sum(ss) / (float)head_dim + eps);
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+        h[i] = f32_to_bf16(bf16_to_f32(h[i]) * scale * bf16_to_f32(w[i]));
+    }
+}
+
+// x += y, elementwise over n values.
+extern "C" __global__ void add_bf16(bf16* __restrict__ x, const bf16* __restrict__ y, long n) {
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long)gridDim.x * blockDim.x) {
+        x[i] = f32_to_bf16(bf16_to_f32(x[i]) + bf16_to_f32(y[i]));
+    }
+}
+
+// x[r][:] += b for every row; grid (rows).
+extern "C" __global__ void add_bias_bf16(bf16* __restrict__ x, const bf16* __restrict__ b,
+                                         int dim) {
+    bf16* xr = x + (size_t)blockIdx.x * dim;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        xr[i] = f32_to_bf16(bf16_to_f32(xr[i]) + bf16_to_f32(b[i]));
+    }
+}
+
+// out[k] = x[rows[k]]; grid (k).
+extern "C" __global__ void gather_rows_bf16(const bf16* __restrict__ x,
+                                            const unsigned int* __restrict__ rows,
+                                            bf16* __restrict__ out, int dim) {
+    const bf16* src = x + (size_t)rows[blockIdx.x] * dim;
+    bf16* dst = out + (size_t)blockIdx.x * dim;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        dst[i] = src[i];
+    }
+}
+
+// The KV pool (engine/src/kv/pool.rs, KvLayout): block-major; inside a block,
+// per layer a K slab then a V slab, each [block_size][kv_dim].
+__device__ __forceinline__ size_t kv_slab(size_t block, int layer, int num_layers,
+                                          size_t slab_elems) {
+    return (block * (size_t)num_layers * 2 + (size_t)layer * 2) * slab_elems;
+}
+
+// Writes this step's K and V rows into their slots (slot = block * block_size +
+// offset); grid (rows). Slots are checked on the host.
+extern "C" __global__ void store_kv_bf16(bf16* __restrict__ kv, const bf16* __restrict__ k,
+                                         const bf16* __restrict__ v,
+                                         const unsigned int* __restrict__ slots,
+                                         int layer, int num_layers, int block_size,
+                                         int kv_dim) {
+    unsigned int slot = slots[blockIdx.x];
+    size_t slab = (size_t)block_size * kv_dim;
+    bf16* kd = kv + kv_slab(slot / block_size, layer, num_layers, slab) +
+               (size_t)(slot % block_size) * kv_dim;
+    bf16* vd = kd + slab;
+    const bf16* ks = k + (size_t)blockIdx.x * kv_dim;
+    const bf16* vs = v + (size_t)blockIdx.x * kv_dim;
+    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+        kd[i] = ks[i];
+        vd[i] = vs[i];
+    }
+}
+
+#define ATTN_MAX_PER_LANE 8  // head_dim <= 256, a multiple of 32
+
+// Causal attention over the paged KV pool, one thread block per (row, q head);
+// grid (rows, n_heads), blockDim = 32 * warps, dynamic shared memory
+// warps * (head_dim + 2) floats. Row r is at absolute position row_pos[r] and
+// attends to its sequence's keys 0..=row_pos[r], whose blocks are
+// block_tables[row_table[r]..]. Each warp takes every warps-th key with its own
+// running max / sum / accumulator (lanes split head_dim), and the warps' partial
+// results are merged at the end (flash-decoding within a block). Decode rows and
+// prefill rows take the same path.
+extern "C" __global__ void paged_attention_bf16(
+    const bf16* __restrict__ q, const bf16* __restrict__ kv, bf16* __restrict__ out,
+    const unsigned int* __restrict__ row_pos, const unsigned int* __restrict__ row_table,
+    const unsigned int* __restrict__ block_tables, int n_heads, int n_kv_heads, int head_dim,
+    int block_size, int num_layers, int layer, float scale) {
+    extern __shared__ float smem[];
+    const float neg_inf = __int_as_float(0xff800000);
+    int row = blockIdx.x;
+    int h = blockIdx.y;
+    int kvh = h / (n_heads / n_kv_heads);
+    int lane = threadIdx.x & 31;
+    int warp = threadIdx.x >> 5;
+    int warps = blockDim.x >> 5;
+    int per = head_dim >> 5;
+    size_t kv_dim = (size_t)n_kv_heads * head_dim;
+    size_t slab = (size_t)block_size * kv_dim;
+
+    const bf16* qr = q + ((size_t)row * n_heads + h) * head_dim;
+    float qv[ATTN_MAX_PER_LANE];
+    float acc[ATTN_MAX_PER_LANE];
+#pragma unroll
+    for (int j = 0; j < ATTN_MAX_PER_LANE; j++) {
+        qv[j] = j < per ? bf16_to_f32(qr[lane + 32 * j]) * scale : 0.0f;
+        acc[j] = 0.0f;
+    }
+    float m = neg_inf;
+    float l = 0.0f;
+    int n_keys = (int)row_pos[row] + 1;
+    const unsigned int* table = block_tables + row_table[row];
+    for (int t = warp; t < n_keys; t += warps) {
+        const bf16* kp = kv + kv_slab(table[t / block_size], layer, num_layers, slab) +
+                         (size_t)(t % block_size) * kv_dim + (size_t)kvh * head_dim;
+        const bf16* vp = kp + slab;
+        float s = 0.0f;
+#pragma unroll
+        for (int j = 0; j < ATTN_MAX_PER_LANE; j++) {
+            if (j < per) {
+                s += qv[j] * bf16_to_f32(kp[lane + 32 * j]);
+            }
+        }
+        s = warp_sum(s);
+        float m_new = fmaxf(m, s);
+        float corr = __expf(m - m_new);
+        float p = __expf(s - m_new);
+        l = l * corr + p;
+#pragma unroll
+        for (int j = 0; j < ATTN_MAX_PER_LANE; j++) {
+            if (j < per) {
+                acc[j] = acc[j] * corr + p * bf16_to_f32(vp[lane + 32 * j]);
+            }
+        }
+        m = m_new;
+    }
+    // Merge: smem[w] = m_w, smem[warps + w] = l_w, then acc_w at 2*warps + w*head_dim.
+    float* sm_m = smem;
+    float* sm_l = smem + warps;
+    float* sm_acc = smem + 2 * warps;
+    if (lane == 0) {
+        sm_m[warp] = m;
+        sm_l[warp] = l;
+    }
+#pragma unroll
+    for (int j = 0; j < ATTN_MAX_PER_LANE; j++) {
+        if (j < per) {
+            sm_acc[warp * head_dim + lane + 32 * j] = acc[j];
+        }
+    }
+    __syncthreads();
+    float big = neg_inf;
+    for (int w = 0; w < warps; w++) {
+        big = fmaxf(big, sm_m[w]);
+    }
+    float total = 0.0f;
+    for (int w = 0; w < warps; w++) {
+        total += sm_l[w] * __expf(sm_m[w] - big);
+    }
+    bf16* orow = out + ((size_t)row * n_heads + h) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float o = 0.0f;
+        for (int w = 0; w < warps; w++) {
+            o += sm_acc[w * head_dim + d] * __expf(sm_m[w] - big);
+        }
+        orow[d] = f32_to_bf16(o / total);
+    }
+}

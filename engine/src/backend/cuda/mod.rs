@@ -14,6 +14,10 @@
 //! over VRAM. Until then `--device cuda` stops after the probe with an error that
 //! says so.
 
+mod backend;
+
+pub use backend::{CudaBackend, DevBuf, DevKv, DevMatrix, DevRope};
+
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::path::PathBuf;
 
@@ -23,7 +27,18 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 /// The kernels' CUDA C source.
 pub const KERNELS_SRC: &str = include_str!("kernels.cu");
 /// Entry points in [`KERNELS_SRC`].
-pub const KERNEL_NAMES: [&str; 4] = ["rms_norm_bf16", "rope_bf16", "silu_mul_bf16", "embed_bf16"];
+pub const KERNEL_NAMES: [&str; 10] = [
+    "rms_norm_bf16",
+    "head_rms_norm_bf16",
+    "rope_bf16",
+    "silu_mul_bf16",
+    "embed_bf16",
+    "add_bf16",
+    "add_bias_bf16",
+    "gather_rows_bf16",
+    "store_kv_bf16",
+    "paged_attention_bf16",
+];
 /// Environment variable naming a directory with `libnvrtc.so.13` (and its builtins).
 pub const NVRTC_DIR_ENV: &str = "PDSERVE_NVRTC_LIB_DIR";
 const NVRTC_SONAME: &str = "libnvrtc.so.13";
