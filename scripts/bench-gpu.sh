@@ -34,8 +34,9 @@
 #
 # Results: every measurement as one JSON line in $RESULTS (default
 # ${OUT:-/tmp}/bench-gpu.jsonl, appended to, so runs split over several calls
-# add up), the table in ${RESULTS%.jsonl}-summary.md, step logs beside it in
-# ${RESULTS%.jsonl}-logs/.
+# add up), the table in ${RESULTS%.jsonl}-summary.md, step logs in
+# $BENCH_GPU_LOGS (default /tmp/bench-gpu-logs), packed at the end into
+# ${RESULTS%.jsonl}-logs.tar.gz when $OUT is set (three files come back).
 #
 # Options:
 #   --dry-run        tiny model (2 layers, real vocab), --device cpu, tiny sizes,
@@ -276,7 +277,7 @@ TOKDIR="${BENCH_GPU_TOKENIZER:-$MODELS/qwen3-tokenizer}"
 
 RESULTS="${RESULTS:-${OUT:-/tmp}/bench-gpu.jsonl}"
 BASE="${RESULTS%.jsonl}"
-LOGS="$BASE-logs"
+LOGS="${BENCH_GPU_LOGS:-/tmp/bench-gpu-logs}"
 mkdir -p "$(dirname "$RESULTS")" "$LOGS"
 touch "$RESULTS"
 FAILED=()
@@ -528,6 +529,10 @@ if wanted summary; then
     echo
     summary "$RESULTS" | tee "$BASE-summary.md"
     log "table: $BASE-summary.md; raw results: $RESULTS"
+fi
+if [[ -n "${OUT:-}" && "$BASE" == "$OUT"/* ]]; then
+    tar -czf "$BASE-logs.tar.gz" -C "$(dirname "$LOGS")" "$(basename "$LOGS")" 2>/dev/null &&
+        log "logs: $BASE-logs.tar.gz"
 fi
 if ((${#FAILED[@]})); then
     log "${#FAILED[@]} step(s) failed:"
