@@ -13,7 +13,7 @@
 #   nixl     cargo test -p pdserve-cluster -p pdserve-actors --features nixl (NIXL
 #            transfers and workers over NIXL, real libnixl from scripts/fetch-nixl.sh;
 #            required to run, not skip — and then in e2e too)
-#   cuda     cargo test -p pdserve-engine --features cuda --test cuda: the CUDA backend
+#   cuda     cargo test -p pdserve-engine --features cuda (backend unit tests, tests/cuda.rs, tests/cuda_backend.rs): the CUDA backend
 #            builds without CUDA, its device probe fails cleanly here, and its kernels
 #            compile to PTX with NVRTC (from scripts/fetch-nvrtc.sh; required to run)
 #   k8s      scripts/validate-k8s.py: render deploy/k8s (base, overlays) and check it
@@ -288,8 +288,15 @@ run_nixl_tests() {
 run_cuda_tests() {
     bash "$ROOT/scripts/fetch-nvrtc.sh" >/dev/null || return 1
     local log="$LOGDIR/cuda-test.log" rc
-    PDSERVE_REQUIRE_NVRTC=1 timeout --kill-after=30 1800 \
-        cargo test -p pdserve-engine --features cuda --test cuda -- --nocapture 2>&1 | tee "$log"
+    # The backend's host-side unit tests, then the device tests (which skip,
+    # saying why, without a GPU; PDSERVE_REQUIRE_CUDA=1 makes that a failure).
+    {
+        PDSERVE_REQUIRE_NVRTC=1 timeout --kill-after=30 1800 \
+            cargo test -p pdserve-engine --features cuda --lib backend::cuda &&
+            PDSERVE_REQUIRE_NVRTC=1 timeout --kill-after=30 1800 \
+                cargo test -p pdserve-engine --features cuda --test cuda --test cuda_backend \
+                -- --nocapture
+    } 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
     count_cargo_results "$log"
     return "$rc"

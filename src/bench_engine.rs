@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 
 use pdserve_engine::config::ModelConfig;
+use pdserve_engine::device::Device;
 use pdserve_engine::engine::{Engine, EngineConfig, EngineRequest};
 use pdserve_engine::loader::load_model;
 use pdserve_engine::sampling::SamplingParams;
@@ -199,7 +200,8 @@ fn sized_engine_config(
 ) -> Result<EngineConfig> {
     let mut c = args.engine.engine_config()?;
     c.max_num_seqs = c.max_num_seqs.max(batch);
-    if args.engine.kv_cache_mb.is_none() {
+    // On CUDA the pool is sized from --gpu-memory-utilization instead.
+    if args.engine.kv_cache_mb.is_none() && c.device == Device::Cpu {
         let blocks_per_seq = seq_len.div_ceil(c.block_size.max(1)) + 1;
         // K and V, f32, every layer (an upper bound for narrower KV types).
         let bytes_per_token = 2 * model.num_layers * model.kv_dim() * 4;

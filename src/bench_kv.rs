@@ -432,6 +432,7 @@ mod nixl {
     //! The NIXL leg of the benchmark (both sides).
 
     use super::*;
+    use pdserve_cluster::protocol::PoolMemory;
     use pdserve_cluster::transport::nixl::{NixlConfig, NixlEndpoint, NixlKvReceiver};
     use pdserve_cluster::transport::KvBlockStore;
     use tokio::sync::mpsc::UnboundedReceiver;
@@ -450,8 +451,9 @@ mod nixl {
             let (base, len) = store.pool_region().context("store region")?;
             let name = format!("bench-kv-recv-{}", std::process::id());
             // SAFETY: `_store` keeps the region alive for the endpoint's life.
-            let endpoint =
-                Arc::new(unsafe { NixlEndpoint::new(&name, base, len, &NixlConfig::default()) }?);
+            let endpoint = Arc::new(unsafe {
+                NixlEndpoint::new(&name, base, len, PoolMemory::Host, &NixlConfig::default())
+            }?);
             let (tx, done) = tokio::sync::mpsc::unbounded_channel();
             let _guard = rt.enter();
             let recv = NixlKvReceiver::start(endpoint.clone(), tx, Duration::from_millis(1));
@@ -513,11 +515,18 @@ mod nixl {
         let (src_base, len) = store.pool_region().context("store region")?;
         let name = format!("bench-kv-send-{}", std::process::id());
         // SAFETY: `store` outlives `endpoint` (declared before it).
-        let endpoint =
-            match unsafe { NixlEndpoint::new(&name, src_base, len, &NixlConfig::default()) } {
-                Ok(e) => e,
-                Err(e) => return Ok(Err(e.to_string())),
-            };
+        let endpoint = match unsafe {
+            NixlEndpoint::new(
+                &name,
+                src_base,
+                len,
+                PoolMemory::Host,
+                &NixlConfig::default(),
+            )
+        } {
+            Ok(e) => e,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
         let bb = args.layout().block_bytes() as u64;
         let n = args.num_blocks() as u64;
         let src: Vec<u64> = (0..n).map(|i| src_base as u64 + i * bb).collect();
@@ -525,6 +534,7 @@ mod nixl {
         let remote = pdserve_cluster::transport::nixl::RemoteAgent {
             name: &agent,
             metadata: &md,
+            memory: PoolMemory::Host,
         };
         peer.ask("CLEAR")?;
         let mut ticket = 1_000_000u64;

@@ -81,11 +81,18 @@ pub struct EngineArgs {
     /// Cap on the context length (default: the model's).
     #[arg(long)]
     pub max_model_len: Option<usize>,
-    /// Where the engine runs: `cpu`, or `cuda[:N]` (builds with `--features cuda`;
-    /// the CUDA forward pass is not built yet, so `cuda` reports the device found
-    /// and stops).
+    /// Where the engine runs: `cpu`, or `cuda[:N]` (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: Device,
+    /// CUDA: fraction of the device's memory for this engine (weights,
+    /// activations, KV cache); the KV cache gets what is left unless
+    /// --kv-cache-mb is given.
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f32,
+    /// KV cache element type: `auto` (f32 on cpu, bf16 on cuda), `f32` (cpu) or
+    /// `bf16` (cuda).
+    #[arg(long, default_value = "auto")]
+    pub kv_cache_dtype: String,
 }
 
 impl EngineArgs {
@@ -94,9 +101,33 @@ impl EngineArgs {
         self.device
             .check()
             .map_err(|e| anyhow::anyhow!("--device {}: {e}", self.device))?;
-        let mut c = EngineConfig::default();
-        if let Some(mb) = self.kv_cache_mb {
-            c.kv_cache_bytes = mb.saturating_mul(1 << 20);
+        let supported = match self.device {
+            Device::Cpu => "f32",
+            Device::Cuda(_) => "bf16",
+        };
+        if self.kv_cache_dtype != "auto" && self.kv_cache_dtype != supported {
+            anyhow::bail!(
+                "--kv-cache-dtype {}: --device {} stores the KV cache as {supported} (or say auto)",
+                self.kv_cache_dtype,
+                self.device
+            );
+        }
+        if !(self.gpu_memory_utilization > 0.0 && self.gpu_memory_utilization <= 1.0) {
+            anyhow::bail!(
+                "--gpu-memory-utilization {} is not in (0, 1]",
+                self.gpu_memory_utilization
+            );
+        }
+        let mut c = EngineConfig {
+            device: self.device,
+            gpu_memory_utilization: self.gpu_memory_utilization,
+            ..EngineConfig::default()
+        };
+        match (self.kv_cache_mb, self.device) {
+            (Some(mb), _) => c.kv_cache_bytes = mb.saturating_mul(1 << 20),
+            // Sized from --gpu-memory-utilization once the device is open.
+            (None, Device::Cuda(_)) => c.kv_cache_bytes = 0,
+            (None, Device::Cpu) => {}
         }
         if let Some(t) = self.max_batched_tokens {
             c.max_batched_tokens = t;
@@ -250,6 +281,30 @@ mod tests {
         assert!(parse(&["generate", "--prompt", "x", "--max-tokens", "-3"]).is_err());
         assert!(parse(&["generate", "--prompt", "x", "--temperature", "warm"]).is_err());
         assert!(parse(&["generate", "--prompt", "x", "--bogus"]).is_err());
+    }
+
+    #[test]
+    fn kv_dtype_and_memory_fraction_are_checked() {
+        let config = |extra: &[&str]| {
+            let mut args = vec!["generate", "--prompt", "x"];
+            args.extend_from_slice(extra);
+            match parse(&args).expect("parses").command {
+                Command::Generate(g) => g.engine.engine_config(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let c = config(&["--kv-cache-dtype", "f32"]).expect("cpu stores f32");
+        assert_eq!(c.device, Device::Cpu);
+        let e = config(&["--kv-cache-dtype", "bf16"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--device cpu stores the KV cache as f32"), "{e}");
+        for bad in ["0", "1.5", "NaN"] {
+            let e = config(&["--gpu-memory-utilization", bad]).unwrap_err();
+            assert!(e.to_string().contains("not in (0, 1]"), "{bad}: {e}");
+        }
+        let c = config(&["--gpu-memory-utilization", "0.5"]).expect("valid");
+        assert_eq!(c.gpu_memory_utilization, 0.5);
     }
 
     #[test]

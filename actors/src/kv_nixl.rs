@@ -13,6 +13,7 @@
 //! (`spawn_engine_pinned`), which keeps the pool alive until the registration is
 //! gone.
 
+use pdserve_cluster::protocol::PoolMemory;
 use pdserve_cluster::WorkerId;
 use pdserve_engine::backend::MemKind;
 use pdserve_engine::engine::Engine;
@@ -22,8 +23,9 @@ pub use imp::{available, DecodeNixl, PrefillNixl};
 #[cfg(not(feature = "nixl"))]
 pub use stub::{available, DecodeNixl, PrefillNixl};
 
-/// An engine's whole KV pool as a transport registers it: one host region with
-/// block `i` at `base + i * block_bytes`, and the agent name to register it under.
+/// An engine's whole KV pool as a transport registers it: one region (host
+/// memory, or a CUDA device's) with block `i` at `base + i * block_bytes`, and
+/// the agent name to register it under.
 #[derive(Clone, Debug)]
 #[cfg_attr(not(feature = "nixl"), allow(dead_code))] // read by NIXL only
 pub struct EnginePool {
@@ -31,26 +33,27 @@ pub struct EnginePool {
     base: usize,
     len: usize,
     block_bytes: usize,
+    memory: PoolMemory,
 }
 
 impl EnginePool {
     /// `engine`'s pool, for worker `worker`'s agent; an error when the pool is
-    /// not one host region.
+    /// not one region.
     pub fn of(worker: &WorkerId, engine: &Engine) -> Result<EnginePool, String> {
         let (base, len, kind) = engine
             .kv_pool_region()
             .ok_or("NIXL: this engine's KV pool is not one region")?;
-        if kind != MemKind::Host {
-            return Err(format!(
-                "NIXL: KV pool in {kind:?} memory is not supported yet"
-            ));
-        }
+        let memory = match kind {
+            MemKind::Host => PoolMemory::Host,
+            MemKind::Cuda(n) => PoolMemory::Cuda(n),
+        };
         Ok(EnginePool {
             // Unique in the cluster: a restarted worker gets a new agent.
             name: format!("pdserve-{worker}-{}", std::process::id()),
             base,
             len,
             block_bytes: engine.kv_layout().block_bytes(),
+            memory,
         })
     }
 
@@ -88,8 +91,15 @@ mod imp {
     /// `pool`'s region must stay allocated and in place while the endpoint lives.
     unsafe fn register(pool: &EnginePool) -> Result<Arc<NixlEndpoint>, String> {
         // SAFETY: forwarded to the caller.
-        let ep =
-            unsafe { NixlEndpoint::new(&pool.name, pool.base, pool.len, &NixlConfig::default()) };
+        let ep = unsafe {
+            NixlEndpoint::new(
+                &pool.name,
+                pool.base,
+                pool.len,
+                pool.memory,
+                &NixlConfig::default(),
+            )
+        };
         let ep = ep.map(Arc::new).map_err(|e| format!("NIXL: {e}"))?;
         tracing::info!(agent = %pool.name, bytes = pool.len, "KV pool registered with NIXL");
         Ok(ep)
@@ -149,7 +159,7 @@ mod imp {
                 agent: self.pool.name.clone(),
                 agent_metadata: self.metadata.clone(),
                 block_addrs: blocks.iter().map(|b| self.pool.block_addr(*b)).collect(),
-                device_id: 0,
+                memory: self.pool.memory,
                 ticket,
                 tcp,
             }

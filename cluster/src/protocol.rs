@@ -182,6 +182,16 @@ impl From<pdserve_engine::kv::pool::KvLayout> for KvLayoutDesc {
     }
 }
 
+/// The memory an engine's KV pool lives in, as a transport registers it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PoolMemory {
+    /// Host memory (the CPU backend).
+    #[default]
+    Host,
+    /// Device memory of CUDA device N.
+    Cuda(u32),
+}
+
 /// Where a prefill worker writes a request's KV blocks.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum KvTarget {
@@ -196,7 +206,8 @@ pub enum KvTarget {
         agent: String,
         agent_metadata: Vec<u8>,
         block_addrs: Vec<u64>,
-        device_id: u64,
+        /// What `block_addrs` point into.
+        memory: PoolMemory,
         ticket: u64,
         tcp: Option<String>,
     },

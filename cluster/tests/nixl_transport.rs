@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pdserve_cluster::protocol::{KvLayoutDesc, KvTarget};
+use pdserve_cluster::protocol::{KvLayoutDesc, KvTarget, PoolMemory};
 use pdserve_cluster::transport::nixl::{
     ensure_library, notify_message, parse_notify, NixlConfig, NixlEndpoint, NixlKvReceiver,
     RemoteAgent,
@@ -41,7 +41,7 @@ fn endpoint(name: &str, store: &MemKvStore) -> NixlEndpoint {
     let (addr, len) = store.pool_region().unwrap();
     // SAFETY: every store outlives the endpoints made over it in these tests
     // (declared earlier, so dropped later).
-    unsafe { NixlEndpoint::new(name, addr, len, &NixlConfig::default()) }.unwrap()
+    unsafe { NixlEndpoint::new(name, addr, len, PoolMemory::Host, &NixlConfig::default()) }.unwrap()
 }
 
 /// Whether libnixl loads; where it does not, the test skips saying why — unless
@@ -134,6 +134,7 @@ async fn two_agents_move_real_bytes() {
     let other = RemoteAgent {
         name: "someone-else",
         metadata: agent_metadata,
+        memory: PoolMemory::Host,
     };
     let r = prefill
         .write_blocks(other, &src_addrs, &addrs(&dst, &[5, 6, 7]), bb, b"x", T)
@@ -222,6 +223,14 @@ fn absent_library_child() {
     let store = MemKvStore::new(LAYOUT, 1);
     let (addr, len) = store.pool_region().unwrap();
     // SAFETY: never gets as far as registering.
-    let r = unsafe { NixlEndpoint::new("absent", addr, len, &NixlConfig::default()) };
+    let r = unsafe {
+        NixlEndpoint::new(
+            "absent",
+            addr,
+            len,
+            PoolMemory::Host,
+            &NixlConfig::default(),
+        )
+    };
     assert!(r.is_err());
 }

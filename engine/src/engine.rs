@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{AttnSeq, ForwardBatch, MemKind};
 use crate::config::ModelConfig;
+use crate::device::Device;
 use crate::kv::pool::KvLayout;
 use crate::kv::prefix_cache::{hash_blocks, BlockHash};
 use crate::loader::LoadedModel;
@@ -41,6 +42,12 @@ pub struct EngineConfig {
     pub enable_prefix_cache: bool,
     /// Caps the model's context; `None` = the model's `max_position_embeddings`.
     pub max_model_len: Option<usize>,
+    /// Where the model runs.
+    pub device: Device,
+    /// CUDA: the fraction of the device's memory this engine may use (weights,
+    /// activations, KV pool); the KV pool is sized from it when `kv_cache_bytes`
+    /// is 0.
+    pub gpu_memory_utilization: f32,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +60,8 @@ impl Default for EngineConfig {
             chunked_prefill: true,
             enable_prefix_cache: true,
             max_model_len: None,
+            device: Device::Cpu,
+            gpu_memory_utilization: 0.9,
         }
     }
 }
@@ -126,8 +135,16 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Builds a CPU engine.
+    /// Builds an engine on `config.device`.
     pub fn new(model: LoadedModel, config: EngineConfig) -> Result<Engine> {
+        let runner = match config.device {
+            Device::Cpu => Self::cpu_runner(&model, &config)?,
+            Device::Cuda(n) => cuda_runner(&model, &config, n)?,
+        };
+        Self::with_runner(runner, model.tokenizer, model.name, config)
+    }
+
+    fn cpu_runner(model: &LoadedModel, config: &EngineConfig) -> Result<Box<dyn ModelRunner>> {
         let per_block =
             Model::<CpuBackend>::layout_for(&model.config, config.block_size, 1).block_bytes();
         let num_blocks = KvLayout::blocks_for_bytes(config.kv_cache_bytes, per_block);
@@ -138,7 +155,7 @@ impl Engine {
             config.block_size,
             num_blocks,
         )?;
-        Self::with_runner(Box::new(runner), model.tokenizer, model.name, config)
+        Ok(Box::new(runner))
     }
 
     /// Builds an engine over any model runner (other backends, tests).
@@ -519,6 +536,23 @@ impl Engine {
             total_blocks: s.total_blocks,
         }
     }
+}
+
+/// The model on a CUDA device (feature `cuda`).
+#[cfg(feature = "cuda")]
+fn cuda_runner(
+    model: &LoadedModel,
+    config: &EngineConfig,
+    ordinal: usize,
+) -> Result<Box<dyn ModelRunner>> {
+    crate::backend::cuda::cuda_model_runner(model, config, ordinal)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_runner(_: &LoadedModel, _: &EngineConfig, _: usize) -> Result<Box<dyn ModelRunner>> {
+    Err(EngineError::Device(
+        "this pdserve was built without CUDA (rebuild with `--features cuda`)".into(),
+    ))
 }
 
 #[cfg(test)]

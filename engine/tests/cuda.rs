@@ -1,5 +1,5 @@
-//! The CUDA backend's first part (feature `cuda`): probing the device and
-//! compiling the kernels with NVRTC.
+//! The CUDA backend's start-up (feature `cuda`): probing the device and compiling
+//! the kernels with NVRTC. The backend's ops are checked in `cuda_backend.rs`.
 //!
 //! - On a machine without a CUDA driver (CI) the probe must be one clean error,
 //!   never a panic; with a device it must name it. Each run prints which it was.
@@ -18,15 +18,15 @@ fn probe_names_the_device_or_says_why_not() {
             println!("CUDA device 0: {d:?}");
             assert!(!d.name.is_empty() && d.total_mem > 0 && d.free_mem <= d.total_mem);
             assert!(probe(4096).unwrap_err().contains("no CUDA device 4096"));
+            assert_eq!(Device::Cuda(0).check(), Ok(()));
         }
         Err(e) => {
             println!("no CUDA device here: checked that the probe says why in one line ({e})");
             assert!(!e.contains('\n'), "one line: {e}");
+            // `--device cuda` fails its check with the same one line.
+            assert_eq!(Device::Cuda(0).check(), Err(e));
         }
     }
-    // `--device cuda` never passes the check in this build: it says why.
-    let why = Device::Cuda(0).check().unwrap_err();
-    assert!(!why.is_empty() && !why.contains('\n'), "{why}");
 }
 
 #[test]

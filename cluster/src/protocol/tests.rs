@@ -131,7 +131,7 @@ fn prefill_and_queue_wire_round_trip() {
             agent: "decode-n1".into(),
             agent_metadata: vec![0, 1, 2, 255],
             block_addrs: vec![0x7f00_0000_0000, 0x7f00_0001_0000],
-            device_id: 0,
+            memory: PoolMemory::Cuda(1),
             ticket: 3,
             tcp: Some("127.0.0.1:7201".into()),
         },

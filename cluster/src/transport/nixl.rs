@@ -42,7 +42,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::tcp::KvWritten;
 use super::{lock, TransportError};
-use crate::protocol::KvTarget;
+use crate::protocol::{KvTarget, PoolMemory};
 
 /// Environment variable naming the directory that holds `libnixl_capi.so`.
 pub const LIB_DIR_ENV: &str = "PDSERVE_NIXL_LIB_DIR";
@@ -123,21 +123,38 @@ fn nixl_err(what: &str, e: nixl_sys::NixlError) -> TransportError {
     TransportError::Io(format!("NIXL {what}: {e}"))
 }
 
-/// A peer agent: its name and the metadata it published.
+/// A peer agent: its name, the metadata it published, and the memory its
+/// registered pool is in.
 #[derive(Clone, Copy, Debug)]
 pub struct RemoteAgent<'a> {
     pub name: &'a str,
     pub metadata: &'a [u8],
+    pub memory: PoolMemory,
 }
 
-/// Host memory handed to NIXL for registration.
+fn mem_type(m: PoolMemory) -> MemType {
+    match m {
+        PoolMemory::Host => MemType::Dram,
+        PoolMemory::Cuda(_) => MemType::Vram,
+    }
+}
+
+fn device_id(m: PoolMemory) -> u64 {
+    match m {
+        PoolMemory::Host => 0,
+        PoolMemory::Cuda(n) => n as u64,
+    }
+}
+
+/// Host or device memory handed to NIXL for registration.
 #[derive(Debug)]
-struct HostRegion {
+struct PoolRegion {
     addr: usize,
     len: usize,
+    memory: PoolMemory,
 }
 
-impl MemoryRegion for HostRegion {
+impl MemoryRegion for PoolRegion {
     unsafe fn as_ptr(&self) -> *const u8 {
         self.addr as *const u8
     }
@@ -146,12 +163,12 @@ impl MemoryRegion for HostRegion {
     }
 }
 
-impl NixlDescriptor for HostRegion {
+impl NixlDescriptor for PoolRegion {
     fn mem_type(&self) -> MemType {
-        MemType::Dram
+        mem_type(self.memory)
     }
     fn device_id(&self) -> u64 {
-        0
+        device_id(self.memory)
     }
 }
 
@@ -179,6 +196,7 @@ pub struct NixlEndpoint {
     name: String,
     opt: Mutex<OptArgs>,
     region: (usize, usize),
+    memory: PoolMemory,
     _registration: RegistrationHandle,
     /// Remote agents whose metadata is loaded, with that metadata.
     remotes: Mutex<HashMap<String, Vec<u8>>>,
@@ -193,7 +211,9 @@ unsafe impl Send for NixlEndpoint {}
 unsafe impl Sync for NixlEndpoint {}
 
 impl NixlEndpoint {
-    /// Creates agent `name` and registers `len` bytes of host memory at `addr`.
+    /// Creates agent `name` and registers `len` bytes of `memory` (host, or a
+    /// CUDA device's: NIXL's UCX backend then moves it with GPU transports) at
+    /// `addr`.
     ///
     /// # Safety
     /// The region must stay allocated, and must not be moved or freed, for as long
@@ -203,6 +223,7 @@ impl NixlEndpoint {
         name: &str,
         addr: usize,
         len: usize,
+        memory: PoolMemory,
         config: &NixlConfig,
     ) -> Result<NixlEndpoint, TransportError> {
         ensure_library()?;
@@ -227,13 +248,14 @@ impl NixlEndpoint {
         opt.add_backend(&backend)
             .map_err(|e| nixl_err("options", e))?;
         let reg = agent
-            .register_memory(&HostRegion { addr, len }, Some(&opt))
+            .register_memory(&PoolRegion { addr, len, memory }, Some(&opt))
             .map_err(|e| nixl_err("register memory", e))?;
         Ok(NixlEndpoint {
             agent,
             name: name.to_string(),
             opt: Mutex::new(opt),
             region: (addr, len),
+            memory,
             _registration: reg,
             remotes: Mutex::new(HashMap::new()),
         })
@@ -253,6 +275,11 @@ impl NixlEndpoint {
     /// The registered region, `(addr, len)`.
     pub fn region(&self) -> (usize, usize) {
         self.region
+    }
+
+    /// The memory the registered region is in.
+    pub fn memory(&self) -> PoolMemory {
+        self.memory
     }
 
     /// Loads `remote`'s metadata unless the same metadata is already loaded.
@@ -307,14 +334,16 @@ impl NixlEndpoint {
             )));
         }
         self.connect(remote.name, remote.metadata)?;
-        let remote = remote.name;
         let started = Instant::now();
         let req = {
-            let mut local = XferDescList::new(MemType::Dram).map_err(|e| nixl_err("dlist", e))?;
-            let mut far = XferDescList::new(MemType::Dram).map_err(|e| nixl_err("dlist", e))?;
+            let mut local =
+                XferDescList::new(mem_type(self.memory)).map_err(|e| nixl_err("dlist", e))?;
+            let mut far =
+                XferDescList::new(mem_type(remote.memory)).map_err(|e| nixl_err("dlist", e))?;
+            let (here, there) = (device_id(self.memory), device_id(remote.memory));
             for (s, d) in src.iter().zip(dst) {
-                local.add_desc(*s as usize, len, 0);
-                far.add_desc(*d as usize, len, 0);
+                local.add_desc(*s as usize, len, here);
+                far.add_desc(*d as usize, len, there);
             }
             let mut opt = lock(&self.opt);
             opt.set_notification_message(notify)
@@ -322,7 +351,7 @@ impl NixlEndpoint {
                 .map_err(|e| nixl_err("notification", e))?;
             let req = self
                 .agent
-                .create_xfer_req(XferOp::Write, &local, &far, remote, Some(&opt))
+                .create_xfer_req(XferOp::Write, &local, &far, remote.name, Some(&opt))
                 .map_err(|e| nixl_err("transfer request", e))?;
             self.agent
                 .post_xfer_req(&req, Some(&opt))
@@ -360,6 +389,7 @@ impl NixlEndpoint {
             agent_metadata,
             block_addrs,
             ticket,
+            memory,
             ..
         } = target
         else {
@@ -369,6 +399,7 @@ impl NixlEndpoint {
         let remote = RemoteAgent {
             name: agent,
             metadata: agent_metadata,
+            memory: *memory,
         };
         self.write_blocks(remote, src, block_addrs, block_len, &note, timeout)
             .await
@@ -459,7 +490,7 @@ impl NixlKvReceiver {
             agent: self.endpoint.name().to_string(),
             agent_metadata: self.endpoint.metadata()?,
             block_addrs,
-            device_id: 0,
+            memory: self.endpoint.memory(),
             ticket,
             tcp,
         })

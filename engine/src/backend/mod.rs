@@ -82,6 +82,8 @@ pub trait Backend: Send {
     fn alloc_kv(&self, layout: KvLayout) -> Result<Self::Kv>;
     /// Zeroed `[len]` buffer.
     fn alloc(&self, len: usize) -> Self::Buf;
+    /// A buffer holding `values` (converted to the backend's activation type).
+    fn buf_from_host(&self, values: &[f32]) -> Self::Buf;
 
     /// `out[rows][dim]` = rows of `table` for `tokens`.
     fn embed(&self, table: &Self::Matrix, tokens: &[u32], out: &mut Self::Buf);

@@ -66,6 +66,7 @@ pub fn small_engine_config() -> EngineConfig {
         chunked_prefill: true,
         enable_prefix_cache: true,
         max_model_len: None,
+        ..EngineConfig::default()
     }
 }
 

@@ -44,6 +44,10 @@ impl Backend for CpuBackend {
         vec![0.0; len]
     }
 
+    fn buf_from_host(&self, values: &[f32]) -> Vec<f32> {
+        values.to_vec()
+    }
+
     fn embed(&self, table: &QMatrix, tokens: &[u32], out: &mut Vec<f32>) {
         let dim = table.cols;
         for (row, &t) in out.chunks_exact_mut(dim).zip(tokens) {

@@ -396,6 +396,20 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn buf_from_host(&self, values: &[f32]) -> DevBuf {
+        if self.faulted() {
+            return DevBuf { data: None };
+        }
+        let host: Vec<u16> = values.iter().map(|&v| bf16_bits(v)).collect();
+        match self.upload(&host) {
+            Ok(d) => DevBuf { data: Some(d) },
+            Err(e) => {
+                self.fail(e.to_string());
+                DevBuf { data: None }
+            }
+        }
+    }
+
     fn embed(&self, table: &DevMatrix, tokens: &[u32], out: &mut DevBuf) {
         let Some(o) = out.data.as_mut() else { return };
         let dim = table.cols;
@@ -572,7 +586,7 @@ impl Backend for CudaBackend {
         let hd = l.head_dim;
         let rows = q.len() / (n_heads * hd).max(1);
         if !self.ensure(
-            hd.is_multiple_of(32)
+            hd > 0
                 && hd <= MAX_HEAD_DIM
                 && n_heads.is_multiple_of(l.num_kv_heads.max(1))
                 && o.len() >= rows * n_heads * hd,

@@ -198,7 +198,7 @@ extern "C" __global__ void store_kv_bf16(bf16* __restrict__ kv, const bf16* __re
     }
 }
 
-#define ATTN_MAX_PER_LANE 8  // head_dim <= 256, a multiple of 32
+#define ATTN_MAX_PER_LANE 8  // head_dim <= 256
 
 // Causal attention over the paged KV pool, one thread block per (row, q head);
 // grid (rows, n_heads), blockDim = 32 * warps, dynamic shared memory
@@ -221,7 +221,7 @@ extern "C" __global__ void paged_attention_bf16(
     int lane = threadIdx.x & 31;
     int warp = threadIdx.x >> 5;
     int warps = blockDim.x >> 5;
-    int per = head_dim >> 5;
+    int per = (head_dim + 31) >> 5;
     size_t kv_dim = (size_t)n_kv_heads * head_dim;
     size_t slab = (size_t)block_size * kv_dim;
 
@@ -230,7 +230,8 @@ extern "C" __global__ void paged_attention_bf16(
     float acc[ATTN_MAX_PER_LANE];
 #pragma unroll
     for (int j = 0; j < ATTN_MAX_PER_LANE; j++) {
-        qv[j] = j < per ? bf16_to_f32(qr[lane + 32 * j]) * scale : 0.0f;
+        int d = lane + 32 * j;
+        qv[j] = (j < per && d < head_dim) ? bf16_to_f32(qr[d]) * scale : 0.0f;
         acc[j] = 0.0f;
     }
     float m = neg_inf;
@@ -244,7 +245,7 @@ extern "C" __global__ void paged_attention_bf16(
         float s = 0.0f;
 #pragma unroll
         for (int j = 0; j < ATTN_MAX_PER_LANE; j++) {
-            if (j < per) {
+            if (j < per && lane + 32 * j < head_dim) {
                 s += qv[j] * bf16_to_f32(kp[lane + 32 * j]);
             }
         }
@@ -255,7 +256,7 @@ extern "C" __global__ void paged_attention_bf16(
         l = l * corr + p;
 #pragma unroll
         for (int j = 0; j < ATTN_MAX_PER_LANE; j++) {
-            if (j < per) {
+            if (j < per && lane + 32 * j < head_dim) {
                 acc[j] = acc[j] * corr + p * bf16_to_f32(vp[lane + 32 * j]);
             }
         }
@@ -271,7 +272,7 @@ extern "C" __global__ void paged_attention_bf16(
     }
 #pragma unroll
     for (int j = 0; j < ATTN_MAX_PER_LANE; j++) {
-        if (j < per) {
+        if (j < per && lane + 32 * j < head_dim) {
             sm_acc[warp * head_dim + lane + 32 * j] = acc[j];
         }
     }

@@ -1,22 +1,25 @@
-//! CUDA backend (feature `cuda`) — first part: finding the device and compiling
-//! the kernels. cudarc loads libcuda and libnvrtc at run time, so this builds and
-//! its tests run on machines without CUDA (CI); both loaders are checked before the
-//! first call, because cudarc panics when a library is absent.
+//! CUDA backend (feature `cuda`). cudarc loads libcuda and libnvrtc at run time,
+//! so this builds and its tests run on machines without CUDA (CI); both loaders
+//! are checked before the first call, because cudarc panics when a library is
+//! absent.
 //!
 //! - [`probe`]: the driver, the device count and one device's name, compute
 //!   capability and memory — or one clear error;
-//! - [`compile_kernels`]: `kernels.cu` (RMSNorm with fused residual add, RoPE,
-//!   SiLU·mul, embedding lookup; bf16 storage, f32 math) to PTX with NVRTC. NVRTC
-//!   needs no GPU and no driver: CI compiles the kernels on every run.
+//! - [`compile_kernels`]: `kernels.cu` (RMSNorm with fused residual add, head
+//!   RMSNorm, RoPE, SiLU·mul, embedding, add/bias/gather, KV store, paged
+//!   attention; bf16 storage, f32 math) to PTX with NVRTC. NVRTC needs no GPU and
+//!   no driver: CI compiles the kernels on every run;
+//! - [`CudaBackend`] (`backend.rs`): the `Backend` ops on the device;
+//! - [`cuda_model_runner`] (`runner.rs`): weights + KV pool sized from
+//!   `--gpu-memory-utilization`.
 //!
-//! Not here yet (the rest of the backend): device memory for weights and the KV
-//! pool, cuBLAS matrix products, attention kernels, sampling, CUDA graphs, NIXL
-//! over VRAM. Until then `--device cuda` stops after the probe with an error that
-//! says so.
+//! Status (no GPU has run this yet): see `backend.rs` for what is still missing.
 
 mod backend;
+mod runner;
 
 pub use backend::{CudaBackend, DevBuf, DevKv, DevMatrix, DevRope};
+pub use runner::{activation_bytes, bf16_weight_bytes, cuda_model_runner, kv_pool_bytes};
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::path::PathBuf;
