@@ -9,12 +9,18 @@
 #   bash scripts/bench-gpu.sh --stage      # here: pack binaries for a GPU machine
 #
 # A GPU machine without a Rust toolchain or network gets what it needs staged
-# in .bench/gpu/ (ignored by git; ~35 MB): `--stage`, run where pdserve was
+# in .bench/gpu/ (ignored by git; ~45 MB): `--stage`, run where pdserve was
 # built with `cargo build --release --features cuda`, copies the stripped
-# binary, the make_model example and the Qwen3 tokenizer there. Whatever is in
+# binary, the make_model example, the CUDA test binaries (built here with
+# `cargo test --release --no-run --features cuda`) and the Qwen3 tokenizer
+# there. Whatever is in
 # .bench/gpu/ is then used instead of building or fetching (carry .bench/gpu).
 #
 # Steps (each bounded by `timeout`; a failed step is reported and the rest go on):
+#   tests    the CUDA backend's device tests (engine/tests/cuda.rs, cuda_backend.rs)
+#            with PDSERVE_REQUIRE_CUDA=1, then cuda_backend's op test under
+#            compute-sanitizer memcheck and racecheck (when the tool is there);
+#            the staged test binaries, or cargo test where cargo is
 #   build    cargo build --release --features cuda (plus nixl when a libnixl is
 #            found: $PDSERVE_NIXL_LIB_DIR, $PDSERVE_CACHE/nixl, or the loader's
 #            cache; a failed nixl build falls back to cuda alone), and the
@@ -42,7 +48,7 @@
 #   --dry-run        tiny model (2 layers, real vocab), --device cpu, tiny sizes,
 #                    torch on the CPU if importable; builds only what is missing
 #                    (reuses target/release/pdserve); exercises every step here
-#   --phases "..."   run only these of: build model pdserve torch summary
+#   --phases "..."   run only these of: build tests model pdserve torch summary
 #   --summary F...   print the table of saved JSON-lines files and exit
 #   --stage          fill .bench/gpu/ (see above) and exit
 #   -h, --help
@@ -82,7 +88,7 @@ CACHE="${PDSERVE_CACHE:-$HOME/.cache/pdserve}"
 MODELS="${PDSERVE_MODELS_DIR:-$CACHE/models}"
 
 DRY="${BENCH_GPU_DRY_RUN:-0}"
-PHASES="build model pdserve torch summary"
+PHASES="build tests model pdserve torch summary"
 SUMMARY_ONLY=()
 STAGE_ONLY=0
 STAGE="${BENCH_GPU_STAGE:-.bench/gpu}"
@@ -230,7 +236,21 @@ if ((STAGE_ONLY)); then
     cp "$src" "$STAGE/pdserve" && cp "$mm" "$STAGE/make_model" || exit 1
     strip "$STAGE/pdserve" "$STAGE/make_model" 2>/dev/null || log "strip failed: staging unstripped binaries"
     cp "$MODELS"/qwen3-tokenizer/tokenizer{,_config}.json "$STAGE/qwen3-tokenizer/" || exit 1
-    log "staged $(du -sh "$STAGE" | cut -f1) in $STAGE: $src, $mm, the Qwen3 tokenizer"
+    # The device test binaries, by the name of their test file.
+    mkdir -p "$STAGE/tests"
+    cargo test --release --no-run --features cuda -p pdserve-engine --test cuda --test cuda_backend \
+        --message-format=json 2>/dev/null |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
+        print(m["target"]["name"], m["executable"])' |
+        while read -r name exe; do
+            cp "$exe" "$STAGE/tests/$name" && strip "$STAGE/tests/$name" 2>/dev/null
+        done
+    [[ -x "$STAGE/tests/cuda_backend" ]] || { log "could not build the CUDA test binaries"; exit 1; }
+    log "staged $(du -sh "$STAGE" | cut -f1) in $STAGE: $src, $mm, tests/{$(find "$STAGE/tests" -type f -printf "%f " )}, the Qwen3 tokenizer"
     log "on the GPU machine (carry $STAGE): bash scripts/bench-gpu.sh"
     exit 0
 fi
@@ -390,6 +410,43 @@ if [[ "$DEVICE" == cuda* && -z "${PDSERVE_NVRTC_LIB_DIR:-}" && ! -f "$CACHE/nvrt
     done
     [[ -n "${PDSERVE_NVRTC_LIB_DIR:-}" ]] ||
         log "no libnvrtc.so.13 found (scripts/fetch-nvrtc.sh, or set PDSERVE_NVRTC_LIB_DIR): pdserve's CUDA kernels may not compile"
+fi
+
+# ---- tests -----------------------------------------------------------------
+# One device test binary (staged, or built by cargo); its log in $LOGS.
+device_test() { # log-name command...
+    local name="$1" t rc; shift
+    t="$(limit 300)"
+    ((t > 0)) || { fail "tests $name: no time left"; return; }
+    log "tests: $name (log: $LOGS/tests-$name.log)"
+    PDSERVE_REQUIRE_CUDA=1 PDSERVE_REQUIRE_NVRTC=1 timeout -k 10 "$t" "$@" \
+        >"$LOGS/tests-$name.log" 2>&1
+    rc=$?
+    grep -E "^test |test result|relative error|ERROR SUMMARY|skipped" "$LOGS/tests-$name.log" |
+        sed 's/^/    /' >&2
+    ((rc == 0)) || fail "tests $name: exit $rc (see tests-$name.log)"
+}
+if wanted tests && [[ "$DEVICE" == cuda* ]]; then
+    if [[ -x "$STAGE/tests/cuda_backend" ]]; then
+        for exe in "$STAGE"/tests/*; do
+            device_test "$(basename "$exe")" "$exe" --test-threads 1 --nocapture
+        done
+        ops=("$STAGE/tests/cuda_backend" every_op_matches_the_cpu_backend --exact --nocapture)
+    elif command -v cargo >/dev/null 2>&1; then
+        device_test cargo cargo test --release --features cuda -p pdserve-engine \
+            --test cuda --test cuda_backend -- --test-threads 1 --nocapture
+        ops=()
+    else
+        fail "tests: no staged test binaries and no cargo"
+        ops=()
+    fi
+    if ((${#ops[@]})) && command -v compute-sanitizer >/dev/null 2>&1; then
+        for tool in memcheck racecheck; do
+            device_test "sanitizer-$tool" compute-sanitizer --tool "$tool" --error-exitcode 3 "${ops[@]}"
+        done
+    elif ((${#ops[@]})); then
+        log "tests: no compute-sanitizer on the PATH"
+    fi
 fi
 
 # ---- model -----------------------------------------------------------------

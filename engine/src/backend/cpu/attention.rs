@@ -27,6 +27,9 @@ use super::simd::{axpy_avx2, dot4_avx2, dot_avx2};
 use crate::backend::AttnSeq;
 use crate::kv::pool::CpuKvPool;
 use crate::sampling::fastmath::exp_nonpos;
+
+/// Query rows of a prefill task whose scores are held at once.
+const ROW_TILE: usize = 64;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -96,26 +99,29 @@ fn has_avx2_fma() -> bool {
     }
 }
 
-/// Runs `$body` for every query row `$i` of the task's sequence and every key
-/// position `$t` it may attend to (`t ≤ pos(i)`), with `$kv` the task's KV heads'
-/// keys (`$values = false`) or values at `t` (consecutive, `head_dim` each); block by
-/// block, so each block slab stays in cache. A macro rather than a function taking
-/// a closure, so that the body is compiled inside `run_avx2`'s target features.
+/// Runs `$body` for every query row `$i` in `$rows` (indices into the task's
+/// sequence) and every key position `$t` it may attend to (`t ≤ pos(i)`), with
+/// `$kv` the task's KV heads' keys (`$values = false`) or values at `t`
+/// (consecutive, `head_dim` each); block by block, so each block slab stays in
+/// cache. A macro rather than a function taking a closure, so that the body is
+/// compiled inside `run_avx2`'s target features.
 macro_rules! for_each_visible {
-    ($task:expr, $values:expr, |$i:ident, $t:ident, $kv:ident| $body:block) => {{
+    ($task:expr, $values:expr, $rows:expr, |$i:ident, $t:ident, $kv:ident| $body:block) => {{
         let task = $task;
+        let rows: std::ops::Range<usize> = $rows;
         let l = &task.kv.layout;
         let (hd, bs, kv_dim) = (l.head_dim, l.block_size, l.kv_dim());
         let s = task.seq;
-        let ctx = s.pos_start + s.len;
+        // Keys visible to the last row of the range.
+        let ctx = s.pos_start + rows.end;
         let (g0, ng) = (task.kv_heads.start, task.kv_heads.len());
         let n_blocks = ctx.div_ceil(bs);
         for b in 0..n_blocks {
             let slab = l.slab_offset(s.block_table[b].0 as usize, task.layer, $values);
             let t0 = b * bs;
             let t_end = (t0 + bs).min(ctx);
-            // Queries that see at least the first key of this block.
-            for $i in t0.saturating_sub(s.pos_start)..s.len {
+            // Queries of the range that see at least the first key of this block.
+            for $i in t0.saturating_sub(s.pos_start).max(rows.start)..rows.end {
                 for $t in t0..t_end.min(s.pos_start + $i + 1) {
                     let off = slab + ($t - t0) * kv_dim + g0 * hd;
                     let $kv = &task.kv.data[off..off + ng * hd];
@@ -170,71 +176,77 @@ impl HeadTask<'_> {
         let q_dim = self.n_heads * hd;
         let scale = 1.0 / (hd as f32).sqrt();
         let ctx = s.pos_start + s.len;
-        // scores[h][i][t] for t ≤ pos(i); entries past the causal limit stay unused.
-        let srow = |h: usize, i: usize| (h * s.len + i) * ctx;
+        let mut res = vec![0f32; nh * s.len * hd];
 
-        let mut scores = vec![0f32; nh * s.len * ctx];
         // Decode rows take the faster route (AVX is only ever true on x86-64).
-        let decode = AVX && s.len == 1;
         #[cfg(target_arch = "x86_64")]
-        if decode {
+        if AVX && s.len == 1 {
+            let mut scores = vec![0f32; nh * ctx];
             let qi = &self.q[s.row_start * q_dim + h0 * hd..][..nh * hd];
-            for h in 0..nh {
+            for (h, row) in scores.chunks_exact_mut(ctx).enumerate() {
                 let kv_head = self.kv_heads.start + h / group;
                 // SAFETY: `AVX` is only true inside `run_avx2`'s AVX2+FMA function.
-                unsafe {
-                    self.key_scores(
-                        kv_head,
-                        &qi[h * hd..][..hd],
-                        scale,
-                        &mut scores[h * ctx..][..ctx],
-                    )
-                };
+                unsafe { self.key_scores(kv_head, &qi[h * hd..][..hd], scale, row) };
+                softmax_in_place(row);
             }
+            if hd.is_multiple_of(64) {
+                // Each head's output stays in registers over all keys: the same
+                // per-lane FMA chain in key order as the general path below.
+                for h in 0..nh {
+                    let kv_head = self.kv_heads.start + h / group;
+                    for d0 in (0..hd).step_by(64) {
+                        let out = &mut res[h * hd + d0..][..64];
+                        // SAFETY: as above.
+                        unsafe {
+                            self.weighted_values_64(kv_head, d0, &scores[h * ctx..][..ctx], out)
+                        };
+                    }
+                }
+            } else {
+                for_each_visible!(self, true, 0..1, |i, t, v| {
+                    for h in 0..nh {
+                        vaxpy::<AVX>(scores[h * ctx + t], &v[h / group * hd..][..hd], {
+                            &mut res[h * hd..][..hd]
+                        });
+                    }
+                });
+            }
+            return res;
         }
-        if !decode {
-            for_each_visible!(self, false, |i, t, k| {
+
+        // Prefill: ROW_TILE query rows at a time, so that the score buffer is
+        // `heads × ROW_TILE × ctx` rather than `heads × rows × ctx` (a 512-token
+        // chunk's scores were megabytes per task). Each row's arithmetic does not
+        // depend on the tiling.
+        let tile = ROW_TILE.min(s.len);
+        let mut scores = vec![0f32; nh * tile * ctx];
+        for i0 in (0..s.len).step_by(ROW_TILE) {
+            let rows = i0..(i0 + ROW_TILE).min(s.len);
+            let n = rows.len();
+            // scores[h][i - i0][t] for t ≤ pos(i); entries past the causal limit
+            // stay unused.
+            let at = |h: usize, i: usize| (h * n + (i - i0)) * ctx;
+            for_each_visible!(self, false, rows.clone(), |i, t, k| {
                 let qi = &self.q[(s.row_start + i) * q_dim + h0 * hd..][..nh * hd];
                 for h in 0..nh {
                     let qh = &qi[h * hd..][..hd];
                     let kh = &k[h / group * hd..][..hd];
-                    scores[(h * s.len + i) * ctx + t] = vdot::<AVX>(qh, kh) * scale;
+                    scores[at(h, i) + t] = vdot::<AVX>(qh, kh) * scale;
+                }
+            });
+            for h in 0..nh {
+                for i in rows.clone() {
+                    let n_keys = s.pos_start + i + 1;
+                    softmax_in_place(&mut scores[at(h, i)..at(h, i) + n_keys]);
+                }
+            }
+            for_each_visible!(self, true, rows.clone(), |i, t, v| {
+                for h in 0..nh {
+                    let o = &mut res[(h * s.len + i) * hd..][..hd];
+                    vaxpy::<AVX>(scores[at(h, i) + t], &v[h / group * hd..][..hd], o);
                 }
             });
         }
-        for h in 0..nh {
-            for i in 0..s.len {
-                let n_keys = s.pos_start + i + 1;
-                softmax_in_place(&mut scores[srow(h, i)..srow(h, i) + n_keys]);
-            }
-        }
-        let mut res = vec![0f32; nh * s.len * hd];
-        #[cfg(target_arch = "x86_64")]
-        if decode && hd.is_multiple_of(64) {
-            // Decode: each head's output stays in registers over all keys. The same
-            // per-lane FMA chain in key order as the general path below.
-            for h in 0..nh {
-                let kv_head = self.kv_heads.start + h / group;
-                for d0 in (0..hd).step_by(64) {
-                    let out = &mut res[h * hd + d0..][..64];
-                    // SAFETY: `AVX` is only true inside `run_avx2`'s AVX2+FMA function.
-                    unsafe {
-                        self.weighted_values_64(kv_head, d0, &scores[srow(h, 0)..][..ctx], out)
-                    };
-                }
-            }
-            return res;
-        }
-        for_each_visible!(self, true, |i, t, v| {
-            for h in 0..nh {
-                let o = &mut res[(h * s.len + i) * hd..][..hd];
-                vaxpy::<AVX>(
-                    scores[(h * s.len + i) * ctx + t],
-                    &v[h / group * hd..][..hd],
-                    o,
-                );
-            }
-        });
         res
     }
 
@@ -366,13 +378,15 @@ mod tests {
 
     /// A decode row (one query, any path the CPU picks: the register-held values
     /// path for head_dim 64 and 128) is bitwise equal to the same row computed
-    /// inside a prefill chunk, and close to a plain f64 reference.
+    /// inside a prefill chunk (of more than one `ROW_TILE`), and close to a plain
+    /// f64 reference; a prefill split into two chunks is bitwise the whole one.
     #[test]
     fn decode_rows_equal_prefill_rows() {
         for hd in [64, 128, 24] {
             let kv = pool(hd);
-            let (n_heads, len, layer) = (4, 40, 1);
-            let table: Vec<BlockId> = [5, 1, 6].into_iter().map(BlockId).collect();
+            let (n_heads, len, layer) = (4, 100, 1);
+            assert!(len > ROW_TILE + 16, "the chunk spans several row tiles");
+            let table: Vec<BlockId> = [5, 1, 6, 0, 7, 2, 3].into_iter().map(BlockId).collect();
             let q: Vec<f32> = (0..len * n_heads * hd)
                 .map(|i| ((i * 31 % 97) as f32 - 48.0) / 50.0)
                 .collect();
@@ -385,7 +399,33 @@ mod tests {
             };
             paged_attention(&q, &kv, layer, &[seq], n_heads, &mut all);
             let qd = n_heads * hd;
-            for i in [0, 1, 15, 16, 17, 39] {
+            // The same prompt in two chunks (20 rows, then 80 from position 20).
+            let mut split = vec![0f32; q.len()];
+            for (start, n) in [(0, 20), (20, 80)] {
+                let seq = AttnSeq {
+                    row_start: 0,
+                    len: n,
+                    pos_start: start,
+                    block_table: table.clone(),
+                };
+                let rows = start * qd..(start + n) * qd;
+                paged_attention(
+                    &q[rows.clone()],
+                    &kv,
+                    layer,
+                    &[seq],
+                    n_heads,
+                    &mut split[rows],
+                );
+            }
+            assert!(
+                split
+                    .iter()
+                    .zip(&all)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "hd {hd}: chunked prefill differs from the whole"
+            );
+            for i in [0, 1, 15, 16, 17, 39, 63, 64, 65, 99] {
                 let mut one = vec![0f32; qd];
                 let seq = AttnSeq {
                     row_start: 0,
