@@ -82,7 +82,7 @@ pub struct EngineArgs {
     #[arg(long)]
     pub max_model_len: Option<usize>,
     /// Where the engine runs: `cpu`, or `cuda[:N]` (a build with `--features cuda`).
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", env = "PDSERVE_DEVICE")]
     pub device: Device,
     /// CUDA: fraction of the device's memory for this engine (weights,
     /// activations, KV cache); the KV cache gets what is left unless
