@@ -22,7 +22,8 @@ use crate::device::Device;
 use crate::kv::pool::KvLayout;
 use crate::kv::prefix_cache::{hash_blocks, BlockHash};
 use crate::loader::LoadedModel;
-use crate::model::{Model, ModelRunner};
+use crate::model::{Forwarded, Model, ModelRunner};
+use crate::sampling::device::{DevicePick, Picked};
 use crate::sampling::stop::StopChecker;
 use crate::sampling::{SampledToken, SamplingParams, SequenceSampler};
 use crate::scheduler::{ScheduledChunk, Scheduler, SchedulerConfig, SchedulerStats};
@@ -396,9 +397,20 @@ impl Engine {
                 block_table: table.to_vec(),
             });
         }
-        let mut logits = self.runner.forward(&batch)?;
+        // One pick per logits row, in chunk order: what the device may choose.
+        let picks: Vec<Option<DevicePick>> = plan
+            .chunks
+            .iter()
+            .filter(|ch| ch.sample)
+            .map(|ch| {
+                self.seqs
+                    .get(&ch.seq)
+                    .and_then(|st| st.sampler.device_pick())
+            })
+            .collect();
+        let mut fwd = self.runner.forward_picking(&batch, &picks)?;
         let vocab = self.runner.config().vocab_size;
-        let mut sampled = self.sample_rows(&plan.chunks, &mut logits, vocab);
+        let mut sampled = self.sample_rows(&plan.chunks, &mut fwd, vocab);
         let mut outputs = Vec::new();
         for ch in &plan.chunks {
             let Some(tok) = sampled.remove(&ch.seq) else {
@@ -416,30 +428,55 @@ impl Engine {
         Ok(outputs)
     }
 
-    /// Samples the next token of every chunk that wants one, from its logits row (rows
-    /// in chunk order), the sequences in parallel: each sampler owns its random
+    /// The next token of every chunk that wants one: the device's pick where it
+    /// made one, else sampled from the row's host logits (host rows in chunk
+    /// order). Sequences are sampled in parallel: each sampler owns its random
     /// state, so the result does not depend on the order.
     fn sample_rows(
         &mut self,
         chunks: &[ScheduledChunk],
-        logits: &mut [f32],
+        fwd: &mut Forwarded,
         vocab: usize,
     ) -> HashMap<SeqId, SampledToken> {
-        let mut rows: HashMap<SeqId, &mut [f32]> = chunks
-            .iter()
-            .filter(|ch| ch.sample)
-            .map(|ch| ch.seq)
-            .zip(logits.chunks_exact_mut(vocab))
+        let wanting = chunks.iter().filter(|ch| ch.sample).map(|ch| ch.seq);
+        let mut picked: HashMap<SeqId, Picked> = HashMap::new();
+        let mut host: Vec<SeqId> = Vec::new();
+        for (seq, p) in wanting.zip(fwd.picked.iter().copied().chain(std::iter::repeat(None))) {
+            match p {
+                Some(p) => {
+                    picked.insert(seq, p);
+                }
+                None => host.push(seq),
+            }
+        }
+        let mut rows: HashMap<SeqId, &mut [f32]> = host
+            .into_iter()
+            .zip(fwd.logits.chunks_exact_mut(vocab))
             .collect();
-        let jobs: Vec<(SeqId, &mut SequenceSampler, &mut [f32])> = self
+        // Per sequence: the device's pick (Ok) or its host logits row (Err).
+        type Job<'a> = (
+            SeqId,
+            &'a mut SequenceSampler,
+            Result<Picked, &'a mut [f32]>,
+        );
+        let jobs: Vec<Job<'_>> = self
             .seqs
             .iter_mut()
-            .filter_map(|(id, st)| Some((*id, &mut st.sampler, rows.remove(id)?)))
+            .filter_map(|(id, st)| {
+                let job = match picked.remove(id) {
+                    Some(p) => Ok(p),
+                    None => Err(rows.remove(id)?),
+                };
+                Some((*id, &mut st.sampler, job))
+            })
             .collect();
         use rayon::prelude::*;
         jobs.into_par_iter()
             .with_max_len(1)
-            .map(|(id, sampler, lg)| (id, sampler.sample(lg)))
+            .map(|(id, sampler, job)| match job {
+                Ok(p) => (id, sampler.accept_picked(p)),
+                Err(lg) => (id, sampler.sample(lg)),
+            })
             .collect()
     }
 

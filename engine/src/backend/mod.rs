@@ -12,6 +12,7 @@ pub mod cuda;
 
 use crate::kv::pool::KvLayout;
 use crate::quant::QMatrix;
+use crate::sampling::device::{DevicePick, Picked};
 use crate::{BlockId, Result};
 
 /// One sequence's slice of a batched forward, as attention needs it.
@@ -157,6 +158,18 @@ pub trait Backend: Send {
     fn gather_rows(&self, x: &Self::Buf, rows: &[usize], dim: usize, out: &mut Self::Buf);
     /// The buffer as host memory (the CPU backend hands its vector over, no copy).
     fn to_host(&self, x: Self::Buf) -> Vec<f32>;
+    /// Picks the token of each `logits` row (`[rows][vocab]`) that has a
+    /// `Some` pick, where the logits are ([`crate::sampling::device`]); `None`
+    /// when this backend samples on the host (the CPU: its logits are host
+    /// memory already). Rows with a `None` pick get `None` in the result.
+    fn pick(
+        &self,
+        _logits: &Self::Buf,
+        _vocab: usize,
+        _picks: &[Option<DevicePick>],
+    ) -> Option<Vec<Option<Picked>>> {
+        None
+    }
     /// The first device error since the backend was made, if any. Ops cannot
     /// return errors (a device queues them); a backend that can fail (CUDA)
     /// records the first failure, skips later ops, and the model runner fails

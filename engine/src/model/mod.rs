@@ -11,6 +11,7 @@ pub use weights::{LayerWeights, ModelWeights, TensorNaming, TensorSource};
 use crate::backend::{Backend, ForwardBatch, MemKind};
 use crate::config::ModelConfig;
 use crate::kv::pool::KvLayout;
+use crate::sampling::device::{DevicePick, Picked};
 use crate::{BlockId, EngineError, Result};
 
 /// What the engine needs from a model, independent of the backend.
@@ -20,9 +21,30 @@ pub trait ModelRunner: Send {
     fn backend_name(&self) -> String;
     /// Runs the batch; returns `[logits_rows.len()][vocab]` logits on the host.
     fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<f32>>;
+    /// Runs the batch, letting the device pick the token of each logits row with
+    /// a `Some` in `picks` (one per `logits_rows` entry); the other rows' logits
+    /// come to the host. By default every row comes to the host.
+    fn forward_picking(
+        &mut self,
+        batch: &ForwardBatch,
+        picks: &[Option<DevicePick>],
+    ) -> Result<Forwarded> {
+        Ok(Forwarded {
+            logits: self.forward(batch)?,
+            picked: vec![None; picks.len()],
+        })
+    }
     fn kv_block_region(&self, block: BlockId) -> Option<(usize, usize, MemKind)>;
     fn read_kv_block(&self, block: BlockId, out: &mut [u8]) -> Result<()>;
     fn write_kv_block(&mut self, block: BlockId, data: &[u8]) -> Result<()>;
+}
+
+/// A forward pass's result with device picks: `picked[k]` for logits row `k`,
+/// and `[rows without a pick][vocab]` host logits, in logits-row order.
+#[derive(Clone, Debug, Default)]
+pub struct Forwarded {
+    pub logits: Vec<f32>,
+    pub picked: Vec<Option<Picked>>,
 }
 
 struct Layer<B: Backend> {
@@ -149,8 +171,9 @@ impl<B: Backend> Model<B> {
 }
 
 impl<B: Backend> Model<B> {
-    /// The forward pass proper; the batch has been validated.
-    fn forward_checked(&mut self, batch: &ForwardBatch) -> Vec<f32> {
+    /// The forward pass proper; the batch has been validated. The logits of
+    /// `batch.logits_rows` stay on the device (`None` when there are none).
+    fn forward_checked(&mut self, batch: &ForwardBatch) -> Option<B::Buf> {
         let c = &self.config;
         let be = &self.backend;
         let n = batch.rows();
@@ -208,7 +231,7 @@ impl<B: Backend> Model<B> {
         // Only the rows that need logits go through the final norm and lm_head.
         let m = batch.logits_rows.len();
         if m == 0 {
-            return Vec::new();
+            return None;
         }
         let mut last = be.alloc(m * h);
         be.gather_rows(&resid, &batch.logits_rows, h, &mut last);
@@ -221,7 +244,43 @@ impl<B: Backend> Model<B> {
             m,
             &mut logits,
         );
-        be.to_host(logits)
+        Some(logits)
+    }
+
+    /// Device picks where the backend can, host logits for the other rows.
+    fn pick_or_fetch(&self, logits: B::Buf, picks: &[Option<DevicePick>]) -> Forwarded {
+        let be = &self.backend;
+        let vocab = self.config.vocab_size;
+        let picked = picks
+            .iter()
+            .any(Option::is_some)
+            .then(|| be.pick(&logits, vocab, picks))
+            .flatten();
+        let Some(picked) = picked else {
+            return Forwarded {
+                logits: be.to_host(logits),
+                picked: vec![None; picks.len()],
+            };
+        };
+        let host_rows: Vec<usize> = (0..picks.len()).filter(|&k| picked[k].is_none()).collect();
+        let logits = if host_rows.is_empty() {
+            Vec::new()
+        } else if host_rows.len() == picks.len() {
+            be.to_host(logits)
+        } else {
+            let mut rows = be.alloc(host_rows.len() * vocab);
+            be.gather_rows(&logits, &host_rows, vocab, &mut rows);
+            be.to_host(rows)
+        };
+        Forwarded { logits, picked }
+    }
+
+    /// `value`, unless the backend recorded a device fault during the step.
+    fn fault_or<T>(&self, value: T) -> Result<T> {
+        match self.backend.take_fault() {
+            Some(fault) => Err(EngineError::Device(fault)),
+            None => Ok(value),
+        }
     }
 }
 
@@ -238,11 +297,31 @@ impl<B: Backend> ModelRunner for Model<B> {
 
     fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<f32>> {
         self.check_batch(batch)?;
-        let logits = B::run(|| self.forward_checked(batch));
-        match self.backend.take_fault() {
-            Some(fault) => Err(EngineError::Device(fault)),
-            None => Ok(logits),
+        let logits = B::run(|| {
+            let logits = self.forward_checked(batch);
+            logits.map(|l| self.backend.to_host(l)).unwrap_or_default()
+        });
+        self.fault_or(logits)
+    }
+
+    fn forward_picking(
+        &mut self,
+        batch: &ForwardBatch,
+        picks: &[Option<DevicePick>],
+    ) -> Result<Forwarded> {
+        self.check_batch(batch)?;
+        if picks.len() != batch.logits_rows.len() {
+            return Err(EngineError::InvalidRequest(format!(
+                "{} picks for {} logits rows",
+                picks.len(),
+                batch.logits_rows.len()
+            )));
         }
+        let out = B::run(|| match self.forward_checked(batch) {
+            Some(logits) => self.pick_or_fetch(logits, picks),
+            None => Forwarded::default(),
+        });
+        self.fault_or(out)
     }
 
     fn kv_block_region(&self, block: BlockId) -> Option<(usize, usize, MemKind)> {

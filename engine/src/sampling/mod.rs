@@ -36,6 +36,7 @@
 //! consumes exactly one 64-bit draw and greedy calls consume none, so a sequence's
 //! tokens depend only on its seed and its logits, never on its batch-mates.
 
+pub mod device;
 pub mod fastmath;
 pub mod processors;
 pub mod rng;
@@ -248,6 +249,41 @@ impl SequenceSampler {
             token,
             logprob,
             top_logprobs,
+        }
+    }
+
+    /// How a device may pick this sequence's next token without its logits row
+    /// coming to the host ([`device`]), or `None` when the step needs the host
+    /// sampler (penalties, truncation, requested logprobs, an active min_tokens
+    /// mask). Does not change the state: [`Self::accept_picked`] does.
+    pub fn device_pick(&self) -> Option<device::DevicePick> {
+        let plain = self.seen.is_none()
+            && self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
+            && self.logprobs.is_none()
+            && (self.generated >= self.min_tokens || self.stop_ids.is_empty());
+        if !plain {
+            return None;
+        }
+        if self.is_greedy() {
+            return Some(device::DevicePick::Greedy);
+        }
+        let untruncated = self.top_k == 0 && self.top_p >= 1.0 && self.min_p <= 0.0;
+        // The number the host path would draw next: the step's seed.
+        untruncated.then(|| device::DevicePick::Gumbel {
+            inv_temperature: 1.0 / self.temperature,
+            seed: self.rng.clone().next_u64(),
+        })
+    }
+
+    /// Records a token a device picked (after [`Self::device_pick`]): the state
+    /// advances exactly as if `sample` had chosen it.
+    pub fn accept_picked(&mut self, picked: device::Picked) -> SampledToken {
+        self.record_token(picked.token);
+        SampledToken {
+            token: picked.token,
+            logprob: picked.logprob,
+            top_logprobs: Vec::new(),
         }
     }
 

@@ -140,6 +140,87 @@ fn seeded_runs_are_reproducible_and_independent_of_batch_mates() {
     assert_ne!(alone, diff);
 }
 
+/// Which steps a device may pick: plain greedy and plain temperature only; the
+/// pick leaves the sampler alone, accepting it advances it like `sample`.
+#[test]
+fn device_picks_only_for_plain_rows() {
+    use device::DevicePick;
+    let pick = |p: SamplingParams| SequenceSampler::new(&p, &[3, 4], &[2]).device_pick();
+    assert_eq!(pick(params(0.0)), Some(DevicePick::Greedy));
+    let Some(DevicePick::Gumbel {
+        inv_temperature, ..
+    }) = pick(SamplingParams {
+        seed: Some(9),
+        ..params(0.5)
+    })
+    else {
+        panic!("plain temperature sampling is a device pick");
+    };
+    assert_eq!(inv_temperature, 2.0);
+    for p in [
+        SamplingParams {
+            top_k: 5,
+            ..params(0.8)
+        },
+        SamplingParams {
+            top_p: 0.9,
+            ..params(0.8)
+        },
+        SamplingParams {
+            min_p: 0.1,
+            ..params(0.8)
+        },
+        SamplingParams {
+            repetition_penalty: 1.1,
+            ..params(0.0)
+        },
+        SamplingParams {
+            presence_penalty: 0.5,
+            ..params(0.0)
+        },
+        SamplingParams {
+            frequency_penalty: 0.5,
+            ..params(0.0)
+        },
+        SamplingParams {
+            logprobs: Some(2),
+            ..params(0.0)
+        },
+        SamplingParams {
+            min_tokens: 1,
+            ..params(0.0)
+        },
+    ] {
+        assert_eq!(pick(p.clone()), None, "{p:?} needs the host sampler");
+    }
+    // min_tokens without any stop token to mask is plain again.
+    let p = SamplingParams {
+        min_tokens: 3,
+        ignore_eos: true,
+        ..params(0.0)
+    };
+    assert_eq!(pick(p), Some(DevicePick::Greedy));
+
+    // The seed is the number the host path would draw next; accepting the pick
+    // advances the state exactly as sampling that token would.
+    let p = SamplingParams {
+        seed: Some(77),
+        ..params(1.0)
+    };
+    let mut a = SequenceSampler::new(&p, &[], &[]);
+    let mut b = SequenceSampler::new(&p, &[], &[]);
+    let first = a.device_pick();
+    assert_eq!(a.device_pick(), first, "picking does not advance the state");
+    let tok = a.accept_picked(device::Picked {
+        token: 1,
+        logprob: -0.5,
+    });
+    assert_eq!((tok.token, tok.logprob), (1, -0.5));
+    b.record_token(1);
+    assert_eq!(a.device_pick(), b.device_pick());
+    assert_ne!(a.device_pick(), first, "the next step gets a new seed");
+}
+
 #[test]
 fn record_token_reproduces_the_state_of_sampling_it() {
     // P/D: the prefill node samples token 1, the decode node records it and goes on.

@@ -14,8 +14,12 @@
 //!   kept, later ops are skipped, and `take_fault` hands it to the model runner,
 //!   which fails the step with `EngineError::Device`. Nothing panics.
 //!
-//! Not here yet (issue 5): on-device sampling (logits go to the host as f32),
-//! CUDA graphs, a tensor-core prefill attention, NIXL registration of the pool.
+//! - Sampling: greedy and plain-temperature rows are picked on the device
+//!   (`pick`, see `sampling::device`); only the other rows' logits (penalties,
+//!   truncation, logprobs) come to the host, as f32.
+//!
+//! Not here yet (issue 5): CUDA graphs for decode steps, a tensor-core
+//! (flash-attention style) prefill attention, top-k / top-p on the device.
 
 use std::sync::{Arc, Mutex};
 
@@ -30,18 +34,15 @@ use super::{compile_kernels, probe, DeviceInfo};
 use crate::backend::{AttnSeq, Backend, MemKind};
 use crate::kv::pool::KvLayout;
 use crate::quant::QMatrix;
+use crate::sampling::device::{DevicePick, Picked};
 use crate::{BlockId, EngineError, Result};
 
 /// Threads per block of the row-wise kernels.
 const ROW_THREADS: u32 = 256;
-/// Warps per (row, head) block of the attention kernel.
-const ATTN_WARPS: u32 = 4;
-/// Largest head_dim the attention kernel holds in registers (`ATTN_MAX_PER_LANE`).
-const MAX_HEAD_DIM: usize = 256;
 
 /// A device buffer of bf16 values. `None` only after a fault (allocation failed).
 pub struct DevBuf {
-    data: Option<CudaSlice<u16>>,
+    pub(super) data: Option<CudaSlice<u16>>,
 }
 
 /// A weight matrix `[rows][cols]`, bf16, row-major.
@@ -53,8 +54,8 @@ pub struct DevMatrix {
 
 /// The KV pool in device memory (layout as [`KvLayout`], bf16 elements).
 pub struct DevKv {
-    data: CudaSlice<u16>,
-    layout: KvLayout,
+    pub(super) data: CudaSlice<u16>,
+    pub(super) layout: KvLayout,
 }
 
 /// cos/sin tables `[rows][head_dim / 2]`, f32 (built on the host exactly as the
@@ -65,36 +66,37 @@ pub struct DevRope {
     rows: usize,
 }
 
-struct Kernels {
-    rms_norm: CudaFunction,
-    head_rms_norm: CudaFunction,
-    rope: CudaFunction,
-    silu_mul: CudaFunction,
-    embed: CudaFunction,
-    add: CudaFunction,
-    add_bias: CudaFunction,
-    gather_rows: CudaFunction,
-    store_kv: CudaFunction,
-    attention: CudaFunction,
+pub(super) struct Kernels {
+    pub(super) rms_norm: CudaFunction,
+    pub(super) head_rms_norm: CudaFunction,
+    pub(super) rope: CudaFunction,
+    pub(super) silu_mul: CudaFunction,
+    pub(super) embed: CudaFunction,
+    pub(super) add: CudaFunction,
+    pub(super) add_bias: CudaFunction,
+    pub(super) gather_rows: CudaFunction,
+    pub(super) store_kv: CudaFunction,
+    pub(super) attention: CudaFunction,
+    pub(super) pick: CudaFunction,
 }
 
 /// Host copies of the last uploaded per-step tables, so that layers 2..N reuse
 /// the device copy.
 #[derive(Default)]
-struct StepTables {
-    slots: Vec<u32>,
-    slots_dev: Option<CudaSlice<u32>>,
-    attn: Vec<u32>,
-    attn_dev: Option<CudaSlice<u32>>,
+pub(super) struct StepTables {
+    pub(super) slots: Vec<u32>,
+    pub(super) slots_dev: Option<CudaSlice<u32>>,
+    pub(super) attn: Vec<u32>,
+    pub(super) attn_dev: Option<CudaSlice<u32>>,
 }
 
 pub struct CudaBackend {
-    info: DeviceInfo,
-    stream: Arc<CudaStream>,
-    blas: CudaBlas,
-    k: Kernels,
-    tables: Mutex<StepTables>,
-    fault: Mutex<Option<String>>,
+    pub(super) info: DeviceInfo,
+    pub(super) stream: Arc<CudaStream>,
+    pub(super) blas: CudaBlas,
+    pub(super) k: Kernels,
+    pub(super) tables: Mutex<StepTables>,
+    pub(super) fault: Mutex<Option<String>>,
 }
 
 /// NVRTC wants the architecture as a static string.
@@ -122,7 +124,7 @@ fn elementwise(n: usize) -> LaunchConfig {
 }
 
 /// One block per row.
-fn per_row(rows: usize) -> LaunchConfig {
+pub(super) fn per_row(rows: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
         block_dim: (ROW_THREADS, 1, 1),
@@ -132,24 +134,6 @@ fn per_row(rows: usize) -> LaunchConfig {
 
 fn bf16_bits(v: f32) -> u16 {
     half::bf16::from_f32(v).to_bits()
-}
-
-/// Queues one kernel: `launch!(self, function, config; args...)`. Skipped after
-/// a fault or for an empty grid; a launch error becomes the fault.
-macro_rules! launch {
-    ($self:ident, $f:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
-        let cfg: LaunchConfig = $cfg;
-        if !$self.faulted() && cfg.grid_dim.0 > 0 && cfg.grid_dim.1 > 0 {
-            let mut b = $self.stream.launch_builder(&$f);
-            $( b.arg($arg); )*
-            // SAFETY: every kernel in kernels.cu is called with the argument list
-            // its signature declares (device pointers to buffers sized by the
-            // checks in the calling op, then scalars of the declared C types), and
-            // the grid covers exactly the rows/elements those buffers hold.
-            let r = unsafe { b.launch(cfg) };
-            $self.record(r.map(|_| ()));
-        }
-    }};
 }
 
 impl CudaBackend {
@@ -186,6 +170,7 @@ impl CudaBackend {
             gather_rows: f("gather_rows_bf16")?,
             store_kv: f("store_kv_bf16")?,
             attention: f("paged_attention_bf16")?,
+            pick: f("pick_bf16")?,
         };
         let blas = CudaBlas::new(stream.clone()).map_err(|e| dev(format!("cuBLAS: {e}")))?;
         Ok(CudaBackend {
@@ -211,17 +196,17 @@ impl CudaBackend {
             .map_err(|e| EngineError::Device(e.to_string()))
     }
 
-    fn faulted(&self) -> bool {
+    pub(super) fn faulted(&self) -> bool {
         self.fault.lock().map_or(true, |f| f.is_some())
     }
 
-    fn record<E: std::fmt::Display>(&self, r: std::result::Result<(), E>) {
+    pub(super) fn record<E: std::fmt::Display>(&self, r: std::result::Result<(), E>) {
         if let Err(e) = r {
             self.fail(e.to_string());
         }
     }
 
-    fn fail(&self, msg: String) {
+    pub(super) fn fail(&self, msg: String) {
         if let Ok(mut f) = self.fault.lock() {
             if f.is_none() {
                 tracing::error!(device = %self.info.ordinal, "CUDA backend fault: {msg}");
@@ -231,21 +216,21 @@ impl CudaBackend {
     }
 
     /// Checks a shape condition; a false one is a fault (a bug upstream), not UB.
-    fn ensure(&self, ok: bool, what: impl FnOnce() -> String) -> bool {
+    pub(super) fn ensure(&self, ok: bool, what: impl FnOnce() -> String) -> bool {
         if !ok {
             self.fail(format!("shape check failed: {}", what()));
         }
         ok && !self.faulted()
     }
 
-    fn upload<T: cudarc::driver::DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+    pub(super) fn upload<T: cudarc::driver::DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
         self.stream
             .clone_htod(host)
             .map_err(|e| EngineError::Device(format!("upload of {} values: {e}", host.len())))
     }
 
     /// Uploads `host` unless the device copy in `slot` already holds it.
-    fn cached_upload(
+    pub(super) fn cached_upload(
         &self,
         cache: &mut Vec<u32>,
         dev: &mut Option<CudaSlice<u32>>,
@@ -314,28 +299,6 @@ impl CudaBackend {
             b * n..(b + 1) * n
         })
     }
-}
-
-/// Per-row attention tables: `[row_pos; rows] ++ [row_table; rows] ++ block tables`.
-fn attention_tables(seqs: &[AttnSeq], rows: usize) -> Option<Vec<u32>> {
-    let mut pos = vec![u32::MAX; rows];
-    let mut table = vec![0u32; rows];
-    let mut blocks = Vec::new();
-    for s in seqs {
-        let start = (2 * rows + blocks.len()) as u32;
-        blocks.extend(s.block_table.iter().map(|b| b.0));
-        for i in 0..s.len {
-            let r = s.row_start + i;
-            *pos.get_mut(r)? = (s.pos_start + i) as u32;
-            table[r] = start;
-        }
-    }
-    if pos.contains(&u32::MAX) {
-        return None;
-    }
-    pos.extend(table);
-    pos.extend(blocks);
-    Some(pos)
 }
 
 impl Backend for CudaBackend {
@@ -579,59 +542,7 @@ impl Backend for CudaBackend {
         n_heads: usize,
         out: &mut DevBuf,
     ) {
-        let (Some(q), Some(o)) = (q.data.as_ref(), out.data.as_mut()) else {
-            return;
-        };
-        let l = kv.layout;
-        let hd = l.head_dim;
-        let rows = q.len() / (n_heads * hd).max(1);
-        if !self.ensure(
-            hd > 0
-                && hd <= MAX_HEAD_DIM
-                && n_heads.is_multiple_of(l.num_kv_heads.max(1))
-                && o.len() >= rows * n_heads * hd,
-            || {
-                format!(
-                    "attention: head_dim {hd}, {n_heads} heads, {} kv heads",
-                    l.num_kv_heads
-                )
-            },
-        ) {
-            return;
-        }
-        let Some(host) = attention_tables(seqs, rows) else {
-            return self.fail("attention: a batch row belongs to no sequence".into());
-        };
-        let Ok(mut t) = self.tables.lock() else {
-            return;
-        };
-        let t = &mut *t;
-        if !self.cached_upload(&mut t.attn, &mut t.attn_dev, host) {
-            return;
-        }
-        let Some(tab) = t.attn_dev.as_ref() else {
-            return;
-        };
-        let row_pos = tab.slice(0..rows);
-        let row_table = tab.slice(rows..2 * rows);
-        let blocks = tab.slice(0..tab.len());
-        let cfg = LaunchConfig {
-            grid_dim: (rows as u32, n_heads as u32, 1),
-            block_dim: (32 * ATTN_WARPS, 1, 1),
-            shared_mem_bytes: ATTN_WARPS * (hd as u32 + 2) * 4,
-        };
-        let scale = 1.0 / (hd as f32).sqrt();
-        let ints = [
-            n_heads as i32,
-            l.num_kv_heads as i32,
-            hd as i32,
-            l.block_size as i32,
-            l.num_layers as i32,
-            layer as i32,
-        ];
-        launch!(self, self.k.attention, cfg;
-            q, &kv.data, o, &row_pos, &row_table, &blocks,
-            &ints[0], &ints[1], &ints[2], &ints[3], &ints[4], &ints[5], &scale);
+        self.paged_attention(q, kv, layer, seqs, n_heads, out);
     }
 
     fn gather_rows(&self, x: &DevBuf, rows: &[usize], dim: usize, out: &mut DevBuf) {
@@ -671,6 +582,15 @@ impl Backend for CudaBackend {
                 vec![0.0; d.len()]
             }
         }
+    }
+
+    fn pick(
+        &self,
+        logits: &DevBuf,
+        vocab: usize,
+        picks: &[Option<DevicePick>],
+    ) -> Option<Vec<Option<Picked>>> {
+        self.pick_rows(logits, vocab, picks)
     }
 
     fn take_fault(&self) -> Option<String> {
@@ -733,31 +653,6 @@ impl Backend for CudaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn seq(row_start: usize, len: usize, pos_start: usize, blocks: &[u32]) -> AttnSeq {
-        AttnSeq {
-            row_start,
-            len,
-            pos_start,
-            block_table: blocks.iter().map(|&b| BlockId(b)).collect(),
-        }
-    }
-
-    #[test]
-    fn attention_tables_cover_every_row() {
-        // A prefill of 3 rows at positions 5..8 and a decode row at position 20.
-        let t = attention_tables(&[seq(0, 3, 5, &[7]), seq(3, 1, 20, &[1, 2])], 4)
-            .expect("all rows covered");
-        let (pos, rest) = t.split_at(4);
-        let (table, blocks) = rest.split_at(4);
-        assert_eq!(pos, &[5, 6, 7, 20]);
-        assert_eq!(table, &[8, 8, 8, 9], "offsets into the whole table");
-        assert_eq!(blocks, &[7, 1, 2]);
-        assert_eq!(t[table[3] as usize..], [1, 2]);
-        // A row that no sequence covers is refused, not attended with garbage.
-        assert!(attention_tables(&[seq(0, 1, 0, &[0])], 2).is_none());
-        assert!(attention_tables(&[seq(1, 2, 0, &[0])], 2).is_none());
-    }
 
     #[test]
     fn architectures_map_to_nvrtc_names() {

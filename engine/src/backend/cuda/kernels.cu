@@ -294,3 +294,104 @@ extern "C" __global__ void paged_attention_bf16(
         orow[d] = f32_to_bf16(o / total);
     }
 }
+
+// ---- sampling on the device (engine/src/sampling/device.rs is the definition) --
+
+// SplitMix64 of seed + (i + 1)·φ, top 24 bits, centred: uniform in (0, 1).
+__device__ __forceinline__ float pick_uniform(unsigned long long seed, unsigned int i) {
+    unsigned long long z = seed + (unsigned long long)i * 0x9E3779B97F4A7C15ull;
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return ((float)(unsigned int)(z >> 40) + 0.5f) * (1.0f / 16777216.0f);
+}
+
+// (score, index) with the larger score, the lower index on ties.
+__device__ __forceinline__ void pick_better(float& s, unsigned int& i, float s2,
+                                            unsigned int i2) {
+    if (s2 > s || (s2 == s && i2 < i)) {
+        s = s2;
+        i = i2;
+    }
+}
+
+// One block per logits row (blockDim a multiple of 32, at most 1024). mode 0:
+// skip the row; 1: greedy; 2: Gumbel-max with inv_t[row] and seed[row]. Writes
+// the token (0xffffffff when the row has no finite logit: the host decides) and
+// its logprob: the logit minus the row's log-sum-exp.
+extern "C" __global__ void pick_bf16(const bf16* __restrict__ logits, int vocab,
+                                     const int* __restrict__ mode,
+                                     const float* __restrict__ inv_t,
+                                     const unsigned long long* __restrict__ seed,
+                                     unsigned int* __restrict__ token,
+                                     float* __restrict__ logprob) {
+    __shared__ float sm_s[32];
+    __shared__ unsigned int sm_i[32];
+    __shared__ float sm_max[32];
+    int row = blockIdx.x;
+    int m = mode[row];
+    if (m == 0) {
+        return;
+    }
+    const float neg_inf = __int_as_float(0xff800000);
+    const bf16* lr = logits + (size_t)row * vocab;
+    float best_s = neg_inf;
+    unsigned int best_i = 0xffffffffu;
+    float mx = neg_inf;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float x = bf16_to_f32(lr[i]);
+        if (x != x || x == neg_inf) {
+            continue;
+        }
+        mx = fmaxf(mx, x);
+        float s = x;
+        if (m == 2) {
+            float u = pick_uniform(seed[row], (unsigned int)i);
+            s = x * inv_t[row] - logf(-logf(u));
+        }
+        pick_better(best_s, best_i, s, (unsigned int)i);
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float s2 = __shfl_xor_sync(0xffffffffu, best_s, o);
+        unsigned int i2 = __shfl_xor_sync(0xffffffffu, best_i, o);
+        pick_better(best_s, best_i, s2, i2);
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    }
+    int lane = threadIdx.x & 31;
+    int warp = threadIdx.x >> 5;
+    int warps = blockDim.x >> 5;
+    if (lane == 0) {
+        sm_s[warp] = best_s;
+        sm_i[warp] = best_i;
+        sm_max[warp] = mx;
+    }
+    __syncthreads();
+    best_s = neg_inf;
+    best_i = 0xffffffffu;
+    mx = neg_inf;
+    for (int w = 0; w < warps; w++) {
+        pick_better(best_s, best_i, sm_s[w], sm_i[w]);
+        mx = fmaxf(mx, sm_max[w]);
+    }
+    float sum = 0.0f;
+    if (mx != neg_inf) {
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+            float x = bf16_to_f32(lr[i]);
+            if (x == x) {
+                sum += __expf(x - mx);
+            }
+        }
+    }
+    sum = block_sum(sum);
+    if (threadIdx.x == 0) {
+        if (best_i == 0xffffffffu) {
+            token[row] = 0xffffffffu;
+            logprob[row] = 0.0f;
+        } else {
+            float lp = bf16_to_f32(lr[best_i]) - (mx + logf(sum));
+            token[row] = best_i;
+            logprob[row] = fmaxf(lp, -9999.0f);
+        }
+    }
+}

@@ -7,7 +7,7 @@
 //!   capability and memory — or one clear error;
 //! - [`compile_kernels`]: `kernels.cu` (RMSNorm with fused residual add, head
 //!   RMSNorm, RoPE, SiLU·mul, embedding, add/bias/gather, KV store, paged
-//!   attention; bf16 storage, f32 math) to PTX with NVRTC. NVRTC needs no GPU and
+//!   attention, greedy / Gumbel-max token picks; bf16 storage, f32 math) to PTX with NVRTC. NVRTC needs no GPU and
 //!   no driver: CI compiles the kernels on every run;
 //! - [`CudaBackend`] (`backend.rs`): the `Backend` ops on the device;
 //! - [`cuda_model_runner`] (`runner.rs`): weights + KV pool sized from
@@ -15,7 +15,27 @@
 //!
 //! Status (no GPU has run this yet): see `backend.rs` for what is still missing.
 
+/// Queues one kernel: `launch!(self, function, config; args...)`. Skipped after
+/// a fault or for an empty grid; a launch error becomes the fault.
+macro_rules! launch {
+    ($self:ident, $f:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
+        let cfg: LaunchConfig = $cfg;
+        if !$self.faulted() && cfg.grid_dim.0 > 0 && cfg.grid_dim.1 > 0 {
+            let mut b = $self.stream.launch_builder(&$f);
+            $( b.arg($arg); )*
+            // SAFETY: every kernel in kernels.cu is called with the argument list
+            // its signature declares (device pointers to buffers sized by the
+            // checks in the calling op, then scalars of the declared C types), and
+            // the grid covers exactly the rows/elements those buffers hold.
+            let r = unsafe { b.launch(cfg) };
+            $self.record(r.map(|_| ()));
+        }
+    }};
+}
+
+mod attention;
 mod backend;
+mod pick;
 mod runner;
 
 pub use backend::{CudaBackend, DevBuf, DevKv, DevMatrix, DevRope};
@@ -30,7 +50,7 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 /// The kernels' CUDA C source.
 pub const KERNELS_SRC: &str = include_str!("kernels.cu");
 /// Entry points in [`KERNELS_SRC`].
-pub const KERNEL_NAMES: [&str; 10] = [
+pub const KERNEL_NAMES: [&str; 11] = [
     "rms_norm_bf16",
     "head_rms_norm_bf16",
     "rope_bf16",
@@ -41,6 +61,7 @@ pub const KERNEL_NAMES: [&str; 10] = [
     "gather_rows_bf16",
     "store_kv_bf16",
     "paged_attention_bf16",
+    "pick_bf16",
 ];
 /// Environment variable naming a directory with `libnvrtc.so.13` (and its builtins).
 pub const NVRTC_DIR_ENV: &str = "PDSERVE_NVRTC_LIB_DIR";
