@@ -412,6 +412,18 @@ if [[ "$DEVICE" == cuda* && -z "${PDSERVE_NVRTC_LIB_DIR:-}" && ! -f "$CACHE/nvrt
         log "no libnvrtc.so.13 found (scripts/fetch-nvrtc.sh, or set PDSERVE_NVRTC_LIB_DIR): pdserve's CUDA kernels may not compile"
 fi
 
+# cuBLAS (and the other CUDA libraries pdserve loads by name at run time): a
+# toolkit's on the loader path, else the nvidia wheels the Python here brings.
+if [[ "$DEVICE" == cuda* ]] && ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so'; then
+    py_libs="$("$PYTHON" -c 'import nvidia, os; print(":".join(os.path.join(p, d, "lib") for p in nvidia.__path__ for d in sorted(os.listdir(p)) if os.path.isdir(os.path.join(p, d, "lib"))))' 2>/dev/null)"
+    if [[ -n "$py_libs" ]]; then
+        export LD_LIBRARY_PATH="$py_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        log "CUDA libraries from Python's nvidia wheels on LD_LIBRARY_PATH"
+    else
+        log "no libcublas on the loader path and no nvidia wheels: pdserve --device cuda will say so"
+    fi
+fi
+
 # ---- tests -----------------------------------------------------------------
 # One device test binary (staged, or built by cargo); its log in $LOGS.
 device_test() { # log-name command...

@@ -172,6 +172,16 @@ impl CudaBackend {
             attention: f("paged_attention_bf16")?,
             pick: f("pick_bf16")?,
         };
+        // SAFETY: only tries to open the library by its known names (cudarc
+        // panics on the first cuBLAS call when it is absent).
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(dev(
+                "cuBLAS (libcublas.so.13) could not be loaded: add its directory (a CUDA \
+                 toolkit's lib64, or the nvidia-cublas wheel's nvidia/cu13/lib) to \
+                 LD_LIBRARY_PATH"
+                    .into(),
+            ));
+        }
         let blas = CudaBlas::new(stream.clone()).map_err(|e| dev(format!("cuBLAS: {e}")))?;
         Ok(CudaBackend {
             info,
