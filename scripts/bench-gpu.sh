@@ -18,7 +18,8 @@
 #
 # Steps (each bounded by `timeout`; a failed step is reported and the rest go on):
 #   tests    the CUDA backend's device tests (engine/tests/cuda.rs, cuda_backend.rs)
-#            with PDSERVE_REQUIRE_CUDA=1, then cuda_backend's op test under
+#            and the engine tests that run per device (batching, disaggregation,
+#            real_model: their `::cuda` variants) with PDSERVE_REQUIRE_CUDA=1, then cuda_backend's op test under
 #            compute-sanitizer memcheck and racecheck (when the tool is there);
 #            the staged test binaries, or cargo test where cargo is
 #   build    cargo build --release --features cuda (plus nixl when a libnixl is
@@ -239,6 +240,7 @@ if ((STAGE_ONLY)); then
     # The device test binaries, by the name of their test file.
     mkdir -p "$STAGE/tests"
     cargo test --release --no-run --features cuda -p pdserve-engine --test cuda --test cuda_backend \
+        --test batching --test disaggregation --test device_picks --test real_model \
         --message-format=json 2>/dev/null |
         python3 -c '
 import json, sys
@@ -446,7 +448,8 @@ if wanted tests && [[ "$DEVICE" == cuda* ]]; then
         ops=("$STAGE/tests/cuda_backend" every_op_matches_the_cpu_backend --exact --nocapture)
     elif command -v cargo >/dev/null 2>&1; then
         device_test cargo cargo test --release --features cuda -p pdserve-engine \
-            --test cuda --test cuda_backend -- --test-threads 1 --nocapture
+            --test cuda --test cuda_backend --test batching --test disaggregation \
+            --test device_picks --test real_model -- --test-threads 1 --nocapture
         ops=()
     else
         fail "tests: no staged test binaries and no cargo"

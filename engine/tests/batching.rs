@@ -2,9 +2,10 @@
 //! with it, on chunked prefill, or on prefix-cache hits; and the scheduler's
 //! continuous batching, preemption and abort keep every output correct.
 
+#[macro_use]
 mod common;
 
-use common::{greedy, load, prompt, run_to_completion, small_engine_config, Form};
+use common::{greedy, load, prompt, run_to_completion, small_config_on, Form};
 use pdserve_engine::engine::{Engine, EngineConfig, FinishReason};
 use pdserve_engine::fixtures::TinyModelSpec;
 use pdserve_engine::quant::DType;
@@ -24,20 +25,20 @@ fn alone(spec: &TinyModelSpec, form: Form, cfg: EngineConfig, p: &[u32], n: usiz
     toks
 }
 
-#[test]
-fn same_tokens_alone_batched_chunked_and_cached() {
+per_device! {
+fn same_tokens_alone_batched_chunked_and_cached(device) {
     for form in [Form::Gguf(DType::Q8_0), Form::Hf(DType::F32)] {
         let spec = TinyModelSpec::tiny_qwen3();
         let target = prompt(11, 37, spec.vocab);
         let n = 12;
-        let base = alone(&spec, form, small_engine_config(), &target, n);
+        let base = alone(&spec, form, small_config_on(device), &target, n);
         assert_eq!(base.len(), n);
 
         // No chunking (whole prompts only), big budget.
         let whole = EngineConfig {
             chunked_prefill: false,
             max_batched_tokens: 256,
-            ..small_engine_config()
+            ..small_config_on(device)
         };
         assert_eq!(
             alone(&spec, form, whole, &target, n),
@@ -48,7 +49,7 @@ fn same_tokens_alone_batched_chunked_and_cached() {
         // Tiny budget: the prompt is prefilled in many chunks of 5.
         let tiny = EngineConfig {
             max_batched_tokens: 5,
-            ..small_engine_config()
+            ..small_config_on(device)
         };
         assert_eq!(
             alone(&spec, form, tiny, &target, n),
@@ -57,7 +58,7 @@ fn same_tokens_alone_batched_chunked_and_cached() {
         );
 
         // In a batch with others of different lengths, joining at different steps.
-        let (_d, mut e) = engine(&spec, form, small_engine_config());
+        let (_d, mut e) = engine(&spec, form, small_config_on(device));
         let mut early = std::collections::HashMap::new();
         e.add_request(greedy(10, prompt(1, 9, spec.vocab), 20))
             .unwrap();
@@ -84,7 +85,7 @@ fn same_tokens_alone_batched_chunked_and_cached() {
         assert_eq!(out[&SeqId(1)].0, base, "{form:?}: batched");
 
         // Prefix-cache hit: the same prompt again on a warm engine.
-        let (_d, mut e) = engine(&spec, form, small_engine_config());
+        let (_d, mut e) = engine(&spec, form, small_config_on(device));
         e.add_request(greedy(1, target.clone(), n)).unwrap();
         run_to_completion(&mut e);
         e.add_request(greedy(2, target.clone(), n)).unwrap();
@@ -96,9 +97,10 @@ fn same_tokens_alone_batched_chunked_and_cached() {
         assert_eq!(out[&SeqId(2)].0, base, "{form:?}: prefix-cache hit");
     }
 }
+}
 
-#[test]
-fn preemption_by_recompute_keeps_outputs_identical() {
+per_device! {
+fn preemption_by_recompute_keeps_outputs_identical(device) {
     let spec = TinyModelSpec::tiny_llama();
     let form = Form::Gguf(DType::Q8_0);
     let prompts: Vec<Vec<u32>> = (0..6)
@@ -107,7 +109,7 @@ fn preemption_by_recompute_keeps_outputs_identical() {
     let n = 24;
     let expected: Vec<Vec<u32>> = prompts
         .iter()
-        .map(|p| alone(&spec, form, small_engine_config(), p, n))
+        .map(|p| alone(&spec, form, small_config_on(device), p, n))
         .collect();
     // A pool too small for all six at full length forces preemption.
     let (_d, loaded) = load(&spec, form);
@@ -121,7 +123,7 @@ fn preemption_by_recompute_keeps_outputs_identical() {
     let cfg = EngineConfig {
         kv_cache_bytes: per_block * 40,
         enable_prefix_cache: false,
-        ..small_engine_config()
+        ..small_config_on(device)
     };
     let mut e = Engine::new(loaded, cfg).unwrap();
     for (i, p) in prompts.iter().enumerate() {
@@ -138,11 +140,12 @@ fn preemption_by_recompute_keeps_outputs_identical() {
     let s = e.stats();
     assert_eq!(s.free_blocks, s.total_blocks, "every block free at the end");
 }
+}
 
-#[test]
-fn abort_frees_blocks_at_once_and_others_continue() {
+per_device! {
+fn abort_frees_blocks_at_once_and_others_continue(device) {
     let spec = TinyModelSpec::tiny_qwen2();
-    let (_d, mut e) = engine(&spec, Form::Gguf(DType::Q8_0), small_engine_config());
+    let (_d, mut e) = engine(&spec, Form::Gguf(DType::Q8_0), small_config_on(device));
     let total = e.stats().total_blocks;
     e.add_request(greedy(1, prompt(5, 30, spec.vocab), 50))
         .unwrap();
@@ -164,11 +167,12 @@ fn abort_frees_blocks_at_once_and_others_continue() {
     assert_eq!(out[&SeqId(2)].1, Some(FinishReason::Length));
     assert_eq!(e.stats().free_blocks, total);
 }
+}
 
-#[test]
-fn bad_requests_are_rejected_without_side_effects() {
+per_device! {
+fn bad_requests_are_rejected_without_side_effects(device) {
     let spec = TinyModelSpec::tiny_llama();
-    let (_d, mut e) = engine(&spec, Form::Hf(DType::F32), small_engine_config());
+    let (_d, mut e) = engine(&spec, Form::Hf(DType::F32), small_config_on(device));
     assert!(e.add_request(greedy(1, vec![], 4)).is_err(), "empty prompt");
     assert!(
         e.add_request(greedy(2, vec![spec.vocab as u32], 4))
@@ -191,4 +195,5 @@ fn bad_requests_are_rejected_without_side_effects() {
     let out = run_to_completion(&mut e);
     assert_eq!(out.len(), 1);
     assert_eq!(out[&SeqId(5)].0.len(), 4);
+}
 }

@@ -1,30 +1,31 @@
 //! KV export/import: engine A prefills, its blocks are copied into engine B's
 //! blocks, engine B decodes — greedy output identical to engine A alone.
 
+#[macro_use]
 mod common;
 
-use common::{greedy, load, prompt, run_to_completion, small_engine_config, Form};
+use common::{greedy, load, prompt, run_to_completion, small_config_on, Form};
 use pdserve_engine::engine::Engine;
 use pdserve_engine::fixtures::TinyModelSpec;
 use pdserve_engine::quant::DType;
 use pdserve_engine::SeqId;
 
-#[test]
-fn prefill_on_a_decode_on_b_is_token_identical() {
+per_device! {
+fn prefill_on_a_decode_on_b_is_token_identical(device) {
     for spec in TinyModelSpec::presets() {
         let form = Form::Gguf(DType::Q8_0);
         let p = prompt(42, 29, spec.vocab);
         let n = 10;
 
         let (_d0, l0) = load(&spec, form);
-        let mut alone = Engine::new(l0, small_engine_config()).unwrap();
+        let mut alone = Engine::new(l0, small_config_on(device)).unwrap();
         alone.add_request(greedy(1, p.clone(), n)).unwrap();
         let want = run_to_completion(&mut alone)[&SeqId(1)].0.clone();
 
         let (_da, la) = load(&spec, form);
         let (_db, lb) = load(&spec, form);
-        let mut a = Engine::new(la, small_engine_config()).unwrap();
-        let mut b = Engine::new(lb, small_engine_config()).unwrap();
+        let mut a = Engine::new(la, small_config_on(device)).unwrap();
+        let mut b = Engine::new(lb, small_config_on(device)).unwrap();
         assert_eq!(a.kv_layout(), b.kv_layout());
 
         // Decode side reserves destination blocks first.
@@ -67,12 +68,13 @@ fn prefill_on_a_decode_on_b_is_token_identical() {
         assert_eq!(b.stats().free_blocks, b.stats().total_blocks);
     }
 }
+}
 
-#[test]
-fn aborting_a_reserved_import_frees_its_blocks() {
+per_device! {
+fn aborting_a_reserved_import_frees_its_blocks(device) {
     let spec = TinyModelSpec::tiny_llama();
     let (_d, l) = load(&spec, Form::Hf(DType::F32));
-    let mut b = Engine::new(l, small_engine_config()).unwrap();
+    let mut b = Engine::new(l, small_config_on(device)).unwrap();
     let total = b.stats().total_blocks;
     let res = b
         .reserve_import(greedy(1, prompt(1, 40, spec.vocab), 5))
@@ -85,19 +87,25 @@ fn aborting_a_reserved_import_frees_its_blocks() {
         .write_kv_block(pdserve_engine::BlockId(u32::MAX), &[0u8; 4])
         .is_err());
 }
+}
 
-/// The pool is one host region with block `i` at `base + i * block_bytes`: what
-/// a NIXL transport registers once and addresses blocks in.
-#[test]
-fn kv_pool_is_one_region_in_block_order() {
+per_device! {
+/// The pool is one region (host or device memory) with block `i` at
+/// `base + i * block_bytes`: what a NIXL transport registers once and addresses
+/// blocks in.
+fn kv_pool_is_one_region_in_block_order(device) {
     use pdserve_engine::backend::MemKind;
     use pdserve_engine::BlockId;
     let spec = &TinyModelSpec::presets()[0];
     let (_d, l) = load(spec, Form::Gguf(DType::Q8_0));
-    let e = Engine::new(l, small_engine_config()).unwrap();
+    let e = Engine::new(l, small_config_on(device)).unwrap();
     let layout = e.kv_layout();
-    let (base, len, kind) = e.kv_pool_region().expect("CPU pool is one region");
-    assert_eq!(kind, MemKind::Host);
+    let (base, len, kind) = e.kv_pool_region().expect("the pool is one region");
+    let want = match device {
+        pdserve_engine::device::Device::Cpu => MemKind::Host,
+        pdserve_engine::device::Device::Cuda(n) => MemKind::Cuda(n as u32),
+    };
+    assert_eq!(kind, want);
     assert_eq!(len, layout.num_blocks * layout.block_bytes());
     for b in [0, 1, layout.num_blocks - 1] {
         let (addr, n, _) = e.kv_block_region(BlockId(b as u32)).unwrap();
@@ -106,4 +114,5 @@ fn kv_pool_is_one_region_in_block_order() {
             (base + b * layout.block_bytes(), layout.block_bytes())
         );
     }
+}
 }

@@ -1,6 +1,7 @@
 //! Real-model checks on the default SmolLM2-135M-Instruct GGUF; skipped with a
 //! printed reason when the asset is absent (the test command fetches it).
 
+#[macro_use]
 mod common;
 
 use std::path::PathBuf;
@@ -55,12 +56,12 @@ fn chat(engine: &mut Engine, user: &str, max_tokens: usize) -> (String, String) 
     (prompt, text)
 }
 
-#[test]
-fn smollm2_knows_the_capital_of_france() {
+per_device! {
+fn smollm2_knows_the_capital_of_france(device) {
     let Some(path) = smollm2() else { return };
     let model = load_model(path.to_str().unwrap(), &offline()).unwrap();
     assert_eq!(model.config.num_layers, 30);
-    let mut engine = Engine::new(model, EngineConfig::default()).unwrap();
+    let mut engine = Engine::new(model, EngineConfig { device, ..EngineConfig::default() }).unwrap();
     let text = generate(&mut engine, "The capital of France is", 12);
     assert!(text.starts_with(" Paris"), "got {text:?}");
     // llama.cpp's greedy continuation of the same prompt starts the same way.
@@ -68,6 +69,7 @@ fn smollm2_knows_the_capital_of_france() {
         text.starts_with(" Paris.\n\nThe United States has a population"),
         "got {text:?}"
     );
+}
 }
 
 #[test]

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use pdserve_engine::device::Device;
 use pdserve_engine::engine::{Engine, EngineConfig, EngineRequest, FinishReason, SeqOutput};
 use pdserve_engine::fixtures::{write_gguf, write_hf_dir, TinyModelSpec};
 use pdserve_engine::loader::{load_model, LoadOptions, LoadedModel};
@@ -68,6 +69,57 @@ pub fn small_engine_config() -> EngineConfig {
         max_model_len: None,
         ..EngineConfig::default()
     }
+}
+
+/// [`small_engine_config`] on `device`.
+pub fn small_config_on(device: Device) -> EngineConfig {
+    EngineConfig {
+        device,
+        ..small_engine_config()
+    }
+}
+
+/// CUDA device 0 when this build has the CUDA backend and the machine a device;
+/// otherwise `None`, after printing why the CUDA variant of a test is skipped —
+/// which `PDSERVE_REQUIRE_CUDA=1` (a GPU machine's run) turns into a failure.
+pub fn cuda_device() -> Option<Device> {
+    #[cfg(feature = "cuda")]
+    let why = match pdserve_engine::backend::cuda::probe(0) {
+        Ok(_) => return Some(Device::Cuda(0)),
+        Err(e) => e,
+    };
+    #[cfg(not(feature = "cuda"))]
+    let why = "this build has no CUDA backend (feature cuda)".to_string();
+    if std::env::var("PDSERVE_REQUIRE_CUDA").as_deref() == Ok("1") {
+        panic!("PDSERVE_REQUIRE_CUDA=1 but {why}");
+    }
+    println!("skipped on cuda: {why}");
+    None
+}
+
+/// A test run once per device: `per_device!(fn name(device) { ... })` defines
+/// `name::cpu` (always) and `name::cuda` (when [`cuda_device`] finds one), each
+/// calling the body with its `Device`.
+#[allow(unused_macros)]
+macro_rules! per_device {
+    ($(#[$meta:meta])* fn $name:ident($dev:ident) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            fn body($dev: pdserve_engine::device::Device) $body
+            #[test]
+            fn cpu() {
+                body(pdserve_engine::device::Device::Cpu)
+            }
+            #[test]
+            fn cuda() {
+                if let Some(d) = common::cuda_device() {
+                    body(d)
+                }
+            }
+        }
+    };
 }
 
 /// Deterministic pseudo-random prompt of ordinary (non-special) tokens.
