@@ -13,10 +13,10 @@
 //! - Errors: the `Backend` ops cannot return one, so the first CUDA error is
 //!   kept, later ops are skipped, and `take_fault` hands it to the model runner,
 //!   which fails the step with `EngineError::Device`. Nothing panics.
-//!
 //! - Sampling: greedy and plain-temperature rows are picked on the device
-//!   (`pick`, see `sampling::device`); only the other rows' logits (penalties,
+//!   (`pick.rs`, see `sampling::device`); only the other rows' logits (penalties,
 //!   truncation, logprobs) come to the host, as f32.
+//! - Attention (its per-step tables and launch) is in `attention.rs`.
 //!
 //! Not here yet (issue 5): CUDA graphs for decode steps, a tensor-core
 //! (flash-attention style) prefill attention, top-k / top-p on the device.
