@@ -168,8 +168,24 @@ fn try_dlopen(path: &std::path::Path) -> bool {
 }
 
 /// Compiles [`KERNELS_SRC`] to PTX for compute capability `arch` (e.g.
-/// `"sm_90"`), returning the PTX text.
+/// `"sm_90"`), returning the PTX text. Compiled once per architecture and
+/// process: every engine of a `serve` process (decode and prefill workers)
+/// reuses it.
 pub fn compile_kernels(arch: &'static str) -> Result<String, String> {
+    type Cache = std::sync::Mutex<std::collections::HashMap<&'static str, String>>;
+    static PTX: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    let cache = PTX.get_or_init(Cache::default);
+    if let Some(ptx) = cache.lock().ok().and_then(|c| c.get(arch).cloned()) {
+        return Ok(ptx);
+    }
+    let ptx = compile_uncached(arch)?;
+    if let Ok(mut c) = cache.lock() {
+        c.insert(arch, ptx.clone());
+    }
+    Ok(ptx)
+}
+
+fn compile_uncached(arch: &'static str) -> Result<String, String> {
     ensure_nvrtc()?;
     let opts = CompileOptions {
         arch: Some(arch),
