@@ -7,8 +7,8 @@
 //! - Matrix products are cuBLAS `GemmEx` (bf16 in, bf16 out, f32 compute):
 //!   `out[n][rows] = x[n][cols] · wᵀ` is, column-major, `outᵀ = W · xᵀ` with `W`
 //!   the row-major weight read transposed.
-//! - One stream; every op is queued on it and nothing waits until `to_host` or a KV
-//!   block copy. The small per-step tables (KV slots, attention's row positions
+//! - One compute stream; every op is queued on it and nothing waits until
+//!   `to_host`. KV block copies for transports go on a second (copy) stream. The small per-step tables (KV slots, attention's row positions
 //!   and block tables) are uploaded once per step and reused by every layer.
 //! - Errors: the `Backend` ops cannot return one, so the first CUDA error is
 //!   kept, later ops are skipped, and `take_fault` hands it to the model runner,
@@ -93,6 +93,10 @@ pub(super) struct StepTables {
 pub struct CudaBackend {
     pub(super) info: DeviceInfo,
     pub(super) stream: Arc<CudaStream>,
+    /// KV block copies to and from the host (transports), beside the compute
+    /// stream; cudarc's per-slice events order them against the kernels that
+    /// wrote or will overwrite the blocks.
+    copy_stream: Arc<CudaStream>,
     pub(super) blas: CudaBlas,
     pub(super) k: Kernels,
     pub(super) tables: Mutex<StepTables>,
@@ -151,6 +155,7 @@ impl CudaBackend {
         let ptx = compile_kernels(arch).map_err(dev)?;
         let ctx = CudaContext::new(ordinal).map_err(|e| dev(e.to_string()))?;
         let stream = ctx.new_stream().map_err(|e| dev(e.to_string()))?;
+        let copy_stream = ctx.new_stream().map_err(|e| dev(e.to_string()))?;
         let module = ctx
             .load_module(Ptx::from_src(ptx))
             .map_err(|e| dev(format!("loading the kernels: {e}")))?;
@@ -186,6 +191,7 @@ impl CudaBackend {
         Ok(CudaBackend {
             info,
             stream,
+            copy_stream,
             blas,
             k,
             tables: Mutex::new(StepTables::default()),
@@ -628,9 +634,11 @@ impl Backend for CudaBackend {
                 range.len() * 2
             )));
         }
+        // After everything queued on the compute stream (the block's last write).
         let host = self
-            .stream
-            .clone_dtoh(&kv.data.slice(range))
+            .copy_stream
+            .join(&self.stream)
+            .and_then(|_| self.copy_stream.clone_dtoh(&kv.data.slice(range)))
             .map_err(|e| EngineError::Device(format!("reading KV block {}: {e}", block.0)))?;
         for (dst, v) in out.chunks_exact_mut(2).zip(host) {
             dst.copy_from_slice(&v.to_le_bytes());
@@ -653,9 +661,15 @@ impl Backend for CudaBackend {
             .chunks_exact(2)
             .map(|b| u16::from_le_bytes([b[0], b[1]]))
             .collect();
-        self.stream
-            .memcpy_htod(&host, &mut kv.data.slice_mut(range))
-            .and_then(|_| self.stream.synchronize())
+        // After everything already queued on the compute stream (which may still
+        // read what this block held before).
+        self.copy_stream
+            .join(&self.stream)
+            .and_then(|_| {
+                self.copy_stream
+                    .memcpy_htod(&host, &mut kv.data.slice_mut(range))
+            })
+            .and_then(|_| self.copy_stream.synchronize())
             .map_err(|e| EngineError::Device(format!("writing KV block {}: {e}", block.0)))
     }
 }
