@@ -63,8 +63,11 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received; draining");
 }
 
-fn load_engine(model: &ModelArgs, engine: &EngineArgs) -> Result<Engine> {
-    let config = engine.engine_config()?;
+/// One engine of a process that runs `engines` of them: on a GPU they share the
+/// device, so each gets that share of `--gpu-memory-utilization`.
+fn load_engine(model: &ModelArgs, engine: &EngineArgs, engines: usize) -> Result<Engine> {
+    let mut config = engine.engine_config()?;
+    config.gpu_memory_utilization /= engines.max(1) as f32;
     let loaded = load_model(&model.model, &model.load_options())
         .with_context(|| format!("cannot load model {:?}", model.model))?;
     Engine::new(loaded, config).context("cannot build the engine")
@@ -242,8 +245,9 @@ pub fn run_serve(args: &ServeArgs) -> Result<()> {
         } else {
             KvIngress::None
         };
+        let engines = (args.decode_workers + args.prefill_workers) as usize;
         for i in 0..args.decode_workers as usize {
-            let engine = load_engine(&args.model, &args.engine)?;
+            let engine = load_engine(&args.model, &args.engine, engines)?;
             let model = served_name(&engine, &args.disagg);
             if i == 0 {
                 tokenizers.push((model.clone(), engine.tokenizer().clone()));
@@ -268,7 +272,7 @@ pub fn run_serve(args: &ServeArgs) -> Result<()> {
             workers.decode.push(a);
         }
         for i in 0..args.prefill_workers as usize {
-            let engine = load_engine(&args.model, &args.engine)?;
+            let engine = load_engine(&args.model, &args.engine, engines)?;
             let model = served_name(&engine, &args.disagg);
             let cfg = prefill_config(
                 WorkerId::new(&node, Role::Prefill, i),
@@ -317,7 +321,7 @@ pub fn run_worker(args: &WorkerArgs) -> Result<()> {
             let bound = worker_health::serve(addr, health.clone()).await?;
             eprintln!("pdserve worker: probes on http://{bound}/health and /live");
         }
-        let engine = load_engine(&args.model, &args.engine)?;
+        let engine = load_engine(&args.model, &args.engine, 1)?;
         let node = Node::start(NodeConfig {
             label: label.into(),
             listen: args.cluster.cluster_listen,

@@ -1,11 +1,13 @@
 //! Building a model runner on a CUDA device: the backend, the weights uploaded as
 //! bf16, and a KV pool sized from `--gpu-memory-utilization` (or `--kv-cache-mb`).
 //!
-//! KV sizing (vLLM's rule, our own arithmetic): of the device's *total* memory,
-//! the fraction `gpu_memory_utilization` may be used by this engine; what other
-//! processes already hold counts against it; from the rest come the bf16 weights
-//! and an activation reserve for the largest step (`max_batched_tokens` rows, and
-//! the logits of `max_num_seqs` rows), and the KV pool gets what is left.
+//! KV sizing (our own arithmetic on vLLM's meaning of the flag): this engine's
+//! budget is the fraction `gpu_memory_utilization` of the device's *total*
+//! memory, capped by what is free when it starts (other processes, or the other
+//! engines of a `serve` process, which split the fraction between them); from it
+//! come the bf16 weights and an activation reserve for the largest step
+//! (`max_batched_tokens` rows, and the logits of `max_num_seqs` rows), and the KV
+//! pool gets what is left.
 
 use super::CudaBackend;
 use crate::config::ModelConfig;
@@ -54,21 +56,22 @@ pub fn kv_pool_bytes(
             "--gpu-memory-utilization {util} is not in (0, 1]"
         )));
     }
-    let allowed = (total as f64 * util as f64) as usize;
-    let used_by_others = total.saturating_sub(free);
-    let needed = used_by_others + weights + activations + SLACK_BYTES;
-    allowed
+    let share = (total as f64 * util as f64) as usize;
+    let budget = share.min(free);
+    let needed = weights + activations + SLACK_BYTES;
+    budget
         .checked_sub(needed)
         .filter(|&b| b > 0)
         .ok_or_else(|| {
             EngineError::Device(format!(
-                "no room for a KV cache: {:.0}% of {} MiB is {} MiB, but {} MiB are in use by \
-             others, the weights need {} MiB and the activations {} MiB (raise \
-             --gpu-memory-utilization or lower --max-batched-tokens)",
+                "no room for a KV cache: this engine may use {} MiB ({:.0}% of {} MiB, \
+                 {} MiB free now), but the weights need {} MiB and the activations {} MiB \
+                 (raise --gpu-memory-utilization, lower --max-batched-tokens, or free the \
+                 device)",
+                budget >> 20,
                 util * 100.0,
                 total >> 20,
-                allowed >> 20,
-                used_by_others >> 20,
+                free >> 20,
                 weights >> 20,
                 (activations + SLACK_BYTES) >> 20
             ))
@@ -143,11 +146,24 @@ mod tests {
             gpu_memory_utilization: 0.9,
             ..EngineConfig::default()
         };
-        // 80 GiB device, 2 GiB used by someone else, 1 GiB weights, 1 GiB activations.
+        // 80 GiB device, 2 GiB used by someone else, 1 GiB weights, 1 GiB
+        // activations: 90% of the total fits in what is free.
         let kv = kv_pool_bytes(&auto, 80 * gib, 78 * gib, gib, gib).unwrap();
         // (0.9 as f32 is a hair under 0.9: allow a few hundred bytes.)
-        let want = 72 * gib - 4 * gib - SLACK_BYTES;
+        let want = 72 * gib - 2 * gib - SLACK_BYTES;
         assert!(kv <= want && want - kv < 1 << 20, "{kv} vs {want}");
+        // Two engines of one process, each with half the fraction: the second
+        // starts with the first one's share taken and still gets its own.
+        let half = EngineConfig {
+            gpu_memory_utilization: 0.45,
+            ..auto.clone()
+        };
+        let first = kv_pool_bytes(&half, 80 * gib, 80 * gib, gib, gib).unwrap();
+        let second = kv_pool_bytes(&half, 80 * gib, 44 * gib, gib, gib).unwrap();
+        assert_eq!(first, second);
+        // Less free than the share: the budget is what is free.
+        let squeezed = kv_pool_bytes(&auto, 80 * gib, 10 * gib, gib, gib).unwrap();
+        assert_eq!(squeezed, 8 * gib - SLACK_BYTES);
         // An explicit size wins.
         let fixed = EngineConfig {
             kv_cache_bytes: 3 * gib,
@@ -162,7 +178,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("no room for a KV cache") && e.contains("in use by others"),
+            e.contains("no room for a KV cache") && e.contains("MiB free now"),
             "{e}"
         );
         let bad = EngineConfig {
