@@ -6,6 +6,11 @@
 // - RoPE rotates the two halves of each head ("rotate half"): for i < half,
 //   lo' = lo*cos - hi*sin, hi' = hi*cos + lo*sin, with tables [rows][half];
 // - one thread block per row for the row-wise reductions.
+//
+// Kernels (launched from backend.rs, attention.rs, pick.rs): rms_norm_bf16 (with
+// the fused residual add), head_rms_norm_bf16, rope_bf16, silu_mul_bf16,
+// embed_bf16, add_bf16, add_bias_bf16, gather_rows_bf16, store_kv_bf16,
+// paged_attention_bf16, pick_bf16. Matrix products are cuBLAS, not here.
 
 typedef unsigned short bf16;
 
