@@ -395,13 +395,19 @@ else
     BIN="${BIN:-target/release/pdserve}"
 fi
 
+# The library directories of the nvidia wheels the Python here brings (torch's),
+# one per line; empty without them.
+py_nvidia_lib_dirs() {
+    "$PYTHON" -c 'import nvidia, os; print("\n".join(os.path.join(p, d, "lib") for p in nvidia.__path__ for d in sorted(os.listdir(p)) if os.path.isdir(os.path.join(p, d, "lib"))))' 2>/dev/null
+}
+
 # NVRTC for the CUDA kernels: pdserve looks in $PDSERVE_NVRTC_LIB_DIR, the
 # loader's path and $PDSERVE_CACHE/nvrtc; also try a CUDA toolkit and Python's
 # nvidia wheels (the ones torch brings) before giving up.
 if [[ "$DEVICE" == cuda* && -z "${PDSERVE_NVRTC_LIB_DIR:-}" && ! -f "$CACHE/nvrtc/libnvrtc.so.13" ]] &&
     ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so\.13'; then
     cands=(/usr/local/cuda/lib64 /usr/local/cuda/targets/*/lib /usr/local/cuda-13*/lib64 /usr/local/cuda-13*/targets/*/lib)
-    py_nv="$("$PYTHON" -c 'import nvidia, os; print("\n".join(os.path.join(p, d, "lib") for p in nvidia.__path__ for d in sorted(os.listdir(p))))' 2>/dev/null)"
+    py_nv="$(py_nvidia_lib_dirs)"
     [[ -n "$py_nv" ]] && mapfile -t -O "${#cands[@]}" cands <<<"$py_nv"
     for d in "${cands[@]}"; do
         if [[ -f "$d/libnvrtc.so.13" ]]; then
@@ -417,7 +423,7 @@ fi
 # cuBLAS (and the other CUDA libraries pdserve loads by name at run time): a
 # toolkit's on the loader path, else the nvidia wheels the Python here brings.
 if [[ "$DEVICE" == cuda* ]] && ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so'; then
-    py_libs="$("$PYTHON" -c 'import nvidia, os; print(":".join(os.path.join(p, d, "lib") for p in nvidia.__path__ for d in sorted(os.listdir(p)) if os.path.isdir(os.path.join(p, d, "lib"))))' 2>/dev/null)"
+    py_libs="$(py_nvidia_lib_dirs | paste -sd: -)"
     if [[ -n "$py_libs" ]]; then
         export LD_LIBRARY_PATH="$py_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
         log "CUDA libraries from Python's nvidia wheels on LD_LIBRARY_PATH"

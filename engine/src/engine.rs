@@ -138,11 +138,20 @@ pub struct Engine {
 impl Engine {
     /// Builds an engine on `config.device`.
     pub fn new(model: LoadedModel, config: EngineConfig) -> Result<Engine> {
-        let runner = match config.device {
-            Device::Cpu => Self::cpu_runner(&model, &config)?,
-            Device::Cuda(n) => cuda_runner(&model, &config, n)?,
-        };
+        let runner = Self::model_runner(&model, &config)?;
         Self::with_runner(runner, model.tokenizer, model.name, config)
+    }
+
+    /// The model on `config.device` with a KV pool sized by `config`: what
+    /// [`Engine::new`] runs (and what a wrapping runner in a test can wrap).
+    pub fn model_runner(
+        model: &LoadedModel,
+        config: &EngineConfig,
+    ) -> Result<Box<dyn ModelRunner>> {
+        match config.device {
+            Device::Cpu => Self::cpu_runner(model, config),
+            Device::Cuda(n) => cuda_runner(model, config, n),
+        }
     }
 
     fn cpu_runner(model: &LoadedModel, config: &EngineConfig) -> Result<Box<dyn ModelRunner>> {

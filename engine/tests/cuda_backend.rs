@@ -41,14 +41,9 @@ fn cuda() -> Option<CudaBackend> {
 
 /// Deterministic values in [-1, 1).
 fn random(seed: u64, n: usize) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
+    common::xorshift(seed)
+        .take(n)
+        .map(|x| ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
         .collect()
 }
 

@@ -1,5 +1,6 @@
 //! The engine's device-sampling path (`ModelRunner::forward_picking`), driven
-//! on the CPU by a runner that picks with the reference definition
+//! on the CPU by a runner (the CPU model, wrapped) that picks with the reference
+//! definition
 //! (`sampling::device::pick_on_host`) — the same plumbing the CUDA backend uses,
 //! whose kernel `tests/cuda_backend.rs` checks against that definition.
 
@@ -9,13 +10,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use common::{load, Form};
-use pdserve_engine::backend::cpu::CpuBackend;
 use pdserve_engine::backend::{ForwardBatch, MemKind};
 use pdserve_engine::config::ModelConfig;
 use pdserve_engine::engine::{Engine, EngineRequest};
 use pdserve_engine::fixtures::TinyModelSpec;
 use pdserve_engine::kv::pool::KvLayout;
-use pdserve_engine::model::{Forwarded, Model, ModelRunner};
+use pdserve_engine::model::{Forwarded, ModelRunner};
 use pdserve_engine::quant::DType;
 use pdserve_engine::sampling::device::{pick_on_host, DevicePick};
 use pdserve_engine::sampling::SamplingParams;
@@ -23,7 +23,7 @@ use pdserve_engine::{BlockId, Result, SeqId};
 
 /// A CPU model whose "device" picks with the reference; counts picked and host rows.
 struct PickingRunner {
-    inner: Model<CpuBackend>,
+    inner: Box<dyn ModelRunner>,
     picked: Arc<AtomicUsize>,
     host: Arc<AtomicUsize>,
 }
@@ -82,16 +82,7 @@ fn engines() -> (Engine, Engine, Counts) {
     let (_dir, plain) = load(&spec, Form::Hf(DType::F32));
     let (_dir2, loaded) = load(&spec, Form::Hf(DType::F32));
     let cfg = common::small_engine_config();
-    let layout = Model::<CpuBackend>::layout_for(&loaded.config, cfg.block_size, 1);
-    let blocks = KvLayout::blocks_for_bytes(cfg.kv_cache_bytes, layout.block_bytes());
-    let model = Model::new(
-        CpuBackend,
-        loaded.config.clone(),
-        &loaded.weights,
-        cfg.block_size,
-        blocks,
-    )
-    .expect("model");
+    let model = Engine::model_runner(&loaded, &cfg).expect("model");
     let counts = Counts {
         picked: Arc::default(),
         host: Arc::default(),

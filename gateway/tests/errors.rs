@@ -232,6 +232,19 @@ async fn admission_limit_is_429_and_frees_on_completion() {
     .await;
 }
 
+/// Runs `f` on the backend `ms` milliseconds from now, in the background.
+fn after(
+    b: &std::sync::Arc<FakeBackend>,
+    ms: u64,
+    f: impl FnOnce(&FakeBackend) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let b = b.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        f(&b);
+    })
+}
+
 /// A worker reports the model but its tokenizer is still loading (a frontend's
 /// first moments): the request waits for it and is served, not refused.
 #[tokio::test]
@@ -241,14 +254,10 @@ async fn a_pending_model_is_waited_for() {
     let app = router(&b, GatewayConfig::default());
     let listed = std::mem::take(&mut *b.models.lock().expect("lock"));
     b.pending.store(true, Ordering::Release);
-    let loader = {
-        let b = b.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            *b.models.lock().expect("lock") = listed;
-            b.pending.store(false, Ordering::Release);
-        })
-    };
+    let loader = after(&b, 150, move |b| {
+        *b.models.lock().expect("lock") = listed;
+        b.pending.store(false, Ordering::Release);
+    });
     let t0 = std::time::Instant::now();
     let (status, v) = send_json(&app, post("/v1/chat/completions", chat_body(""))).await;
     assert_eq!(status, StatusCode::OK, "{v}");
@@ -262,13 +271,7 @@ async fn a_pending_model_is_waited_for() {
     // The load fails: pending ends, and the waiting request gets the 503 then.
     b.models.lock().expect("lock").clear();
     b.pending.store(true, Ordering::Release);
-    let failer = {
-        let b = b.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            b.pending.store(false, Ordering::Release);
-        })
-    };
+    let failer = after(&b, 100, |b| b.pending.store(false, Ordering::Release));
     let t0 = std::time::Instant::now();
     let e = error_of(
         &app,

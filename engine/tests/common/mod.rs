@@ -122,16 +122,22 @@ macro_rules! per_device {
     };
 }
 
+/// The tests' deterministic generator: a xorshift64 stream from `seed`.
+pub fn xorshift(seed: u64) -> impl Iterator<Item = u64> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    std::iter::repeat_with(move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    })
+}
+
 /// Deterministic pseudo-random prompt of ordinary (non-special) tokens.
 pub fn prompt(seed: u64, len: usize, vocab: usize) -> Vec<u32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % (vocab as u64 - 8)) as u32
-        })
+    xorshift(seed)
+        .take(len)
+        .map(|x| (x % (vocab as u64 - 8)) as u32)
         .collect()
 }
 

@@ -71,7 +71,6 @@ pub(super) struct Kernels {
     pub(super) head_rms_norm: CudaFunction,
     pub(super) rope: CudaFunction,
     pub(super) silu_mul: CudaFunction,
-    pub(super) embed: CudaFunction,
     pub(super) add: CudaFunction,
     pub(super) add_bias: CudaFunction,
     pub(super) gather_rows: CudaFunction,
@@ -169,7 +168,6 @@ impl CudaBackend {
             head_rms_norm: f("head_rms_norm_bf16")?,
             rope: f("rope_bf16")?,
             silu_mul: f("silu_mul_bf16")?,
-            embed: f("embed_bf16")?,
             add: f("add_bf16")?,
             add_bias: f("add_bias_bf16")?,
             gather_rows: f("gather_rows_bf16")?,
@@ -308,6 +306,16 @@ impl CudaBackend {
         self.record(r);
     }
 
+    /// `f(x, y, n)` over the `n` values both buffers hold (`x` updated in place).
+    fn elementwise_pair(&self, f: &CudaFunction, x: &mut DevBuf, y: &DevBuf) {
+        let (Some(x), Some(y)) = (x.data.as_mut(), y.data.as_ref()) else {
+            return;
+        };
+        let n = x.len().min(y.len());
+        let n_l = n as i64;
+        launch!(self, f, elementwise(n); x, y, &n_l);
+    }
+
     fn block_elems_range(&self, kv: &DevKv, block: BlockId) -> Option<std::ops::Range<usize>> {
         let b = block.0 as usize;
         (b < kv.layout.num_blocks).then(|| {
@@ -400,7 +408,7 @@ impl Backend for CudaBackend {
             Err(e) => return self.fail(e.to_string()),
         };
         let dim_i = dim as i32;
-        launch!(self, self.k.embed, per_row(tokens.len()); &table.data, &ids, o, &dim_i);
+        launch!(self, self.k.gather_rows, per_row(tokens.len()); &table.data, &ids, o, &dim_i);
     }
 
     fn rms_norm(&self, x: &DevBuf, w: &CudaSlice<u16>, eps: f32, out: &mut DevBuf) {
@@ -473,21 +481,11 @@ impl Backend for CudaBackend {
     }
 
     fn add(&self, x: &mut DevBuf, y: &DevBuf) {
-        let (Some(x), Some(y)) = (x.data.as_mut(), y.data.as_ref()) else {
-            return;
-        };
-        let n = x.len().min(y.len());
-        let n_l = n as i64;
-        launch!(self, self.k.add, elementwise(n); x, y, &n_l);
+        self.elementwise_pair(&self.k.add, x, y);
     }
 
     fn silu_mul(&self, gate: &mut DevBuf, up: &DevBuf) {
-        let (Some(g), Some(u)) = (gate.data.as_mut(), up.data.as_ref()) else {
-            return;
-        };
-        let n = g.len().min(u.len());
-        let n_l = n as i64;
-        launch!(self, self.k.silu_mul, elementwise(n); g, u, &n_l);
+        self.elementwise_pair(&self.k.silu_mul, gate, up);
     }
 
     fn rope_table(&self, positions: &[u32], head_dim: usize, theta: f32) -> DevRope {

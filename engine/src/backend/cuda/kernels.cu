@@ -9,7 +9,7 @@
 //
 // Kernels (launched from backend.rs, attention.rs, pick.rs): rms_norm_bf16 (with
 // the fused residual add), head_rms_norm_bf16, rope_bf16, silu_mul_bf16,
-// embed_bf16, add_bf16, add_bias_bf16, gather_rows_bf16, store_kv_bf16,
+// add_bf16, add_bias_bf16, gather_rows_bf16 (also the embedding), store_kv_bf16,
 // paged_attention_bf16, pick_bf16. Matrix products are cuBLAS, not here.
 
 typedef unsigned short bf16;
@@ -121,17 +121,6 @@ extern "C" __global__ void silu_mul_bf16(bf16* __restrict__ gate,
     }
 }
 
-// out[r] = table[tokens[r]]; grid (rows). Token ids are checked on the host.
-extern "C" __global__ void embed_bf16(const bf16* __restrict__ table,
-                                      const unsigned int* __restrict__ tokens,
-                                      bf16* __restrict__ out, int dim) {
-    const bf16* src = table + (size_t)tokens[blockIdx.x] * dim;
-    bf16* dst = out + (size_t)blockIdx.x * dim;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-        dst[i] = src[i];
-    }
-}
-
 // In-place RMSNorm of each head_dim slice (Qwen3's q/k norm); grid (rows * heads).
 extern "C" __global__ void head_rms_norm_bf16(bf16* __restrict__ x,
                                               const bf16* __restrict__ w,
@@ -165,7 +154,8 @@ extern "C" __global__ void add_bias_bf16(bf16* __restrict__ x, const bf16* __res
     }
 }
 
-// out[k] = x[rows[k]]; grid (k).
+// out[k] = x[rows[k]]; grid (k). Also the embedding lookup (x = the table,
+// rows = the token ids, checked on the host).
 extern "C" __global__ void gather_rows_bf16(const bf16* __restrict__ x,
                                             const unsigned int* __restrict__ rows,
                                             bf16* __restrict__ out, int dim) {

@@ -50,12 +50,11 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 /// The kernels' CUDA C source.
 pub const KERNELS_SRC: &str = include_str!("kernels.cu");
 /// Entry points in [`KERNELS_SRC`].
-pub const KERNEL_NAMES: [&str; 11] = [
+pub const KERNEL_NAMES: [&str; 10] = [
     "rms_norm_bf16",
     "head_rms_norm_bf16",
     "rope_bf16",
     "silu_mul_bf16",
-    "embed_bf16",
     "add_bf16",
     "add_bias_bf16",
     "gather_rows_bf16",
