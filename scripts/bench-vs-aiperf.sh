@@ -4,7 +4,8 @@
 # Usage: bash scripts/bench-vs-aiperf.sh [ROUNDS]      (default 2)
 # Env: C (concurrency, 8), N (requests, 64), ISL (128), OSL (32), OUT (results dir,
 #      /tmp/pdserve-vs-aiperf), AIPERF_VENV (/tmp/aiperf-venv), PDSERVE_BIN
-#      (target/release/pdserve, built when absent).
+#      (target/release/pdserve, built when absent), PIN (1: server pinned to core 0
+#      with one compute thread, every client pinned to core 1, no burner runs).
 #
 # Each round runs aiperf, then pdserve bench, with the same concurrency, request
 # count, input/output lengths, streaming, ignore_eos and one warm-up request; aiperf
@@ -20,6 +21,8 @@
 # takes as many cores as aiperf's own process did in that round: with the client
 # CPU matched, the two tools' figures should agree. Alternating rounds expose
 # machine noise.
+# With PIN=1 the client and the server never share a core, which is the clean
+# comparison on a 2-core machine: whatever CPU a client spends is its own.
 # Prints both tools' figures and their ratios, and each tool's own CPU time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +34,12 @@ OSL=${OSL:-32}
 OUT=${OUT:-/tmp/pdserve-vs-aiperf}
 VENV=${AIPERF_VENV:-/tmp/aiperf-venv}
 BIN=${PDSERVE_BIN:-target/release/pdserve}
+PIN=${PIN:-0}
+SERVER_CPU=() CLIENT_CPU=()
+if [ "$PIN" = 1 ]; then
+    SERVER_CPU=(env RAYON_NUM_THREADS=1 taskset -c 0)
+    CLIENT_CPU=(taskset -c 1)
+fi
 GGUF=${PDSERVE_CACHE:-$HOME/.cache/pdserve}/models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 [ -x "$BIN" ] || cargo build --release --bin pdserve
@@ -45,7 +54,7 @@ mkdir -p "$OUT"
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 URL=http://127.0.0.1:$PORT
-"$BIN" serve --http-port "$PORT" >"$OUT/serve.log" 2>&1 &
+"${SERVER_CPU[@]}" "$BIN" serve --http-port "$PORT" >"$OUT/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do
@@ -78,7 +87,7 @@ PY
 }
 
 bench() { # bench NAME SEED
-    /usr/bin/time -f "%U %S %e" -o "$OUT/$1.time" \
+    "${CLIENT_CPU[@]}" /usr/bin/time -f "%U %S %e" -o "$OUT/$1.time" \
         "$BIN" bench --url "$URL" --model "$MODEL" --concurrency "$C" --num-requests "$N" \
         --input-len "$ISL" --output-len "$OSL" --warmup 1 --seed "$2" \
         --json "$OUT/$1.json" --plot "$OUT/$1.png" >"$OUT/$1.txt"
@@ -87,7 +96,7 @@ bench() { # bench NAME SEED
 for r in $(seq 1 "$ROUNDS"); do
     echo "round $r: aiperf (load: $(cut -d' ' -f1-3 /proc/loadavg))"
     rm -rf "$OUT/aiperf-$r"
-    /usr/bin/time -f "%U %S %e" -o "$OUT/aiperf-$r.time" \
+    "${CLIENT_CPU[@]}" /usr/bin/time -f "%U %S %e" -o "$OUT/aiperf-$r.time" \
         "$VENV/bin/aiperf" profile --model "$MODEL" --tokenizer "$OUT/tokenizer" --url "$URL" \
         --endpoint-type completions --streaming --concurrency "$C" --request-count "$N" \
         --isl "$ISL" --isl-stddev 0 --osl "$OSL" --osl-stddev 0 \
@@ -99,6 +108,10 @@ for r in $(seq 1 "$ROUNDS"); do
         --artifact-dir "$OUT/aiperf-$r" >"$OUT/aiperf-$r.log" 2>&1
     echo "round $r: pdserve bench (load: $(cut -d' ' -f1-3 /proc/loadavg))"
     bench "pdserve-$r" "$r"
+    if [ "$PIN" = 1 ]; then
+        cp "$OUT/pdserve-$r.json" "$OUT/pdserve-burn-$r.json" # no burner when pinned
+        continue
+    fi
     frac=$(awk '{printf "%.2f", ($1 + $2) / $3}' "$OUT/aiperf-$r.time")
     echo "round $r: pdserve bench beside a CPU burner at aiperf's $frac cores"
     burn "$frac"
@@ -107,9 +120,9 @@ for r in $(seq 1 "$ROUNDS"); do
     wait "$BURNER" 2>/dev/null || true
 done
 
-python3 - "$OUT" "$ROUNDS" <<'EOF'
+python3 - "$OUT" "$ROUNDS" "$PIN" <<'EOF'
 import json, sys
-out, rounds = sys.argv[1], int(sys.argv[2])
+out, rounds, pinned = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 rows = [
     ("TTFT p50 (ms)", ("ttft_ms", "p50"), ("time_to_first_token", "p50")),
     ("TTFT p99 (ms)", ("ttft_ms", "p99"), ("time_to_first_token", "p99")),
@@ -123,8 +136,13 @@ rows = [
 def cpu(path):
     u, s, e = open(path).read().split()[-3:]
     return float(u) + float(s), float(e)
-print("| round | figure | aiperf | pdserve bench | ratio | pdserve bench, matched client CPU | ratio |")
-print("|---|---|---|---|---|---|---|")
+# Pinned runs have no burner column: each client had a core of its own.
+cols = 5 if pinned else 7
+print("| round | figure | aiperf | pdserve bench | ratio |"
+      + ("" if pinned else " pdserve bench, matched client CPU | ratio |"))
+print("|---" * cols + "|")
+def row(*cells):
+    print("| " + " | ".join(str(c) for c in cells[:cols]) + " |")
 for r in range(1, rounds + 1):
     ours = json.load(open(f"{out}/pdserve-{r}.json"))["summary"]
     burnt = json.load(open(f"{out}/pdserve-burn-{r}.json"))["summary"]
@@ -132,11 +150,11 @@ for r in range(1, rounds + 1):
     for name, (ok, of), (ak, af) in rows:
         pick = lambda d: d[ok] if of is None else d[ok][of]
         a, m, b = pick(ours), pick(burnt), theirs[ak][af]
-        print(f"| {r} | {name} | {b:.2f} | {a:.2f} | {a / b:.2f} | {m:.2f} | {m / b:.2f} |")
+        row(r, name, f"{b:.2f}", f"{a:.2f}", f"{a / b:.2f}", f"{m:.2f}", f"{m / b:.2f}")
     (oc, ow), (ac, aw) = cpu(f"{out}/pdserve-{r}.time"), cpu(f"{out}/aiperf-{r}.time")
-    print(f"| {r} | client CPU s / wall s | {ac:.2f} / {aw:.0f} | {oc:.2f} / {ow:.0f} | | "
-          f"+ burner at {ac / aw:.2f} cores | |")
-    print(f"| {r} | completed / failed | {theirs['request_count']['avg']:.0f} / "
-          f"{len(theirs.get('error_summary') or [])} | {ours['completed']} / {ours['failed']} | | "
-          f"{burnt['completed']} / {burnt['failed']} | |")
+    row(r, "client CPU s / wall s", f"{ac:.2f} / {aw:.0f}", f"{oc:.2f} / {ow:.0f}", "",
+        f"+ burner at {ac / aw:.2f} cores", "")
+    row(r, "completed / failed",
+        f"{theirs['request_count']['avg']:.0f} / {len(theirs.get('error_summary') or [])}",
+        f"{ours['completed']} / {ours['failed']}", "", f"{burnt['completed']} / {burnt['failed']}", "")
 EOF
