@@ -21,6 +21,7 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    pdserve_engine::backend::cpu::malloc::limit_arenas();
     let cli = Cli::parse();
     let server = matches!(
         cli.command,

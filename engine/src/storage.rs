@@ -1,8 +1,8 @@
 //! Byte storage for weights: either a window of a memory-mapped file (zero copy) or
 //! an owned, 8-byte aligned buffer. `bytes()` is always the exact tensor bytes.
 //!
-//! This is the one place that memory-maps files (an FFI-like operation), hence the
-//! one `unsafe` block below.
+//! This is the one place that memory-maps files (an FFI-like operation), hence its
+//! two `unsafe` blocks: the map itself, and dropping pages no longer needed from it.
 
 use std::fs::File;
 use std::path::Path;
@@ -58,6 +58,31 @@ impl Storage {
         }
     }
 
+    /// Drops this window's whole pages from the process's resident memory, for a
+    /// mapped tensor that was copied (permuted, realigned) and will not be read
+    /// again: without this, its pages touched by the copy stay resident beside the
+    /// copy and count twice. Harmless if it is read again (the pages fault back
+    /// in from the file). A no-op for owned storage; best effort (errors ignored).
+    pub fn release_pages(&self) {
+        let Storage::Mapped { map, offset, len } = self else {
+            return;
+        };
+        let page = page_size();
+        let base = map.as_ptr() as usize;
+        let start = (base + offset).next_multiple_of(page) - base;
+        let end = (base + offset + len) / page * page - base;
+        if end > start {
+            // SAFETY: the map is read-only and private, so no page of it holds data
+            // that differs from the file: MADV_DONTNEED only unmaps pages, and any
+            // later read refaults the same bytes from the file (the contract of
+            // `map_file`: the file is not modified while served). The range lies
+            // inside the map (whole pages within this window).
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+
     pub fn from_f32(values: &[f32]) -> Storage {
         Storage::from_bytes(bytemuck::cast_slice(values))
     }
@@ -79,12 +104,57 @@ impl Storage {
         self.len() == 0
     }
 
-    /// Returns storage whose bytes are 4-byte aligned (copies only if needed).
+    /// Returns storage whose bytes are 4-byte aligned (copies only if needed, and
+    /// then releases the mapped original's pages).
     pub fn aligned4(self) -> Storage {
         if (self.bytes().as_ptr() as usize).is_multiple_of(4) {
             self
         } else {
-            Storage::from_bytes(self.bytes())
+            let copy = Storage::from_bytes(self.bytes());
+            self.release_pages();
+            copy
         }
+    }
+}
+
+/// The kernel's page size, read once from /proc/self/smaps (4 KiB where it cannot
+/// be read: a wrong guess only makes `release_pages` a refused no-op).
+fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/smaps")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("KernelPageSize:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+            })
+            .map_or(4096, |kb| kb * 1024)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn released_pages_read_back_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weights.bin");
+        let bytes: Vec<u8> = (0..5 * 4096 + 123).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let map = map_file(&path).unwrap();
+        // An unaligned window spanning whole pages, and one smaller than a page.
+        for (offset, len) in [(1000, 3 * 4096 + 500), (5, 100), (0, bytes.len())] {
+            let s = Storage::mapped(map.clone(), offset, len).unwrap();
+            let before = s.bytes().to_vec();
+            s.release_pages();
+            assert_eq!(s.bytes(), &before[..], "window {offset}+{len}");
+            assert_eq!(s.bytes(), &bytes[offset..offset + len]);
+        }
+        // Owned storage: nothing to release, bytes unchanged.
+        let owned = Storage::from_bytes(&bytes[..10]);
+        owned.release_pages();
+        assert_eq!(owned.bytes(), &bytes[..10]);
     }
 }

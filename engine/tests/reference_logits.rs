@@ -39,9 +39,13 @@ fn engine_logits(loaded: &pdserve_engine::loader::LoadedModel, tokens: &[u32]) -
 }
 
 fn check(spec: &TinyModelSpec, form: Form, stored: DType, tol: f64) {
+    check_len(spec, form, stored, tol, 13);
+}
+
+fn check_len(spec: &TinyModelSpec, form: Form, stored: DType, tol: f64, len: usize) {
     let (_dir, loaded) = load(spec, form);
     assert_eq!(loaded.config, spec.config(), "{form:?}: config differs");
-    let tokens = common::prompt(7, 13, spec.vocab);
+    let tokens = common::prompt(7, len, spec.vocab);
     let got = engine_logits(&loaded, &tokens);
     let weights = weights_as_stored(&spec.weights_f32(), stored).expect("weights");
     let want = reference_logits(&spec.config(), &weights, &tokens).expect("reference");
@@ -57,6 +61,16 @@ fn check(spec: &TinyModelSpec, form: Form, stored: DType, tol: f64) {
 fn f32_safetensors_matches_reference_for_every_architecture() {
     for spec in TinyModelSpec::presets() {
         check(&spec, Form::Hf(DType::F32), DType::F32, 1e-4);
+    }
+}
+
+/// A 300-row prefill runs its MLP in slices (`Backend::MLP_ROWS`, 128 on the CPU:
+/// 128 + 128 + 44 rows); every row's logits still match the reference.
+#[test]
+fn long_prefill_with_sliced_mlp_matches_reference() {
+    const { assert!(300 > <CpuBackend as pdserve_engine::backend::Backend>::MLP_ROWS) };
+    for spec in TinyModelSpec::presets() {
+        check_len(&spec, Form::Hf(DType::F32), DType::F32, 1e-4, 300);
     }
 }
 

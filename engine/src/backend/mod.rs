@@ -75,6 +75,12 @@ pub trait Backend: Send {
     type Rope: Send;
     /// Bytes per KV cache element (f32 on the CPU, bf16 on CUDA).
     const KV_ELEM_BYTES: usize = 4;
+    /// The most rows whose MLP runs at once. A longer batch (a prefill chunk) runs
+    /// its MLP in slices of this many rows, so that its largest activations
+    /// (gate and up, rows × intermediate each) stay small where memory is tight
+    /// (the CPU). Every matmul computes each row independently with the same
+    /// arithmetic, so slicing changes no result.
+    const MLP_ROWS: usize = usize::MAX;
 
     fn name(&self) -> String;
 
@@ -153,6 +159,17 @@ pub trait Backend: Send {
         seqs: &[AttnSeq],
         n_heads: usize,
         out: &mut Self::Buf,
+    );
+    /// `dst[dst_row + i][dim] = src[src_row + i][dim]` for `i < count`.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_rows(
+        &self,
+        src: &Self::Buf,
+        src_row: usize,
+        dst: &mut Self::Buf,
+        dst_row: usize,
+        count: usize,
+        dim: usize,
     );
     /// `out[k][dim] = x[rows[k]][dim]`.
     fn gather_rows(&self, x: &Self::Buf, rows: &[usize], dim: usize, out: &mut Self::Buf);

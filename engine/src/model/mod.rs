@@ -170,6 +170,77 @@ impl<B: Backend> Model<B> {
     }
 }
 
+/// The MLP's buffers for one forward: whole-batch gate/up when the batch has at
+/// most `B::MLP_ROWS` rows, else one slice's input, gate, up and output (and a
+/// shorter set for the last slice), reused by every layer.
+struct MlpScratch<B: Backend> {
+    rows: usize,
+    hidden: usize,
+    full: Option<[B::Buf; 2]>,
+    slices: Vec<MlpSlice<B>>,
+}
+
+/// Buffers for MLP slices of `rows` rows.
+struct MlpSlice<B: Backend> {
+    rows: usize,
+    bufs: [B::Buf; 4],
+}
+
+impl<B: Backend> MlpScratch<B> {
+    fn new(be: &B, n: usize, hidden: usize, ff: usize) -> Self {
+        let slice = |rows: usize| MlpSlice {
+            rows,
+            bufs: [
+                be.alloc(rows * hidden),
+                be.alloc(rows * ff),
+                be.alloc(rows * ff),
+                be.alloc(rows * hidden),
+            ],
+        };
+        let (full, slices) = if n <= B::MLP_ROWS {
+            (Some([be.alloc(n * ff), be.alloc(n * ff)]), Vec::new())
+        } else {
+            let tail = n % B::MLP_ROWS;
+            let mut v = vec![slice(B::MLP_ROWS)];
+            if tail > 0 {
+                v.push(slice(tail));
+            }
+            (None, v)
+        };
+        MlpScratch {
+            rows: n,
+            hidden,
+            full,
+            slices,
+        }
+    }
+
+    /// `out = down(silu(gate(x)) * up(x))` over all rows of `x`.
+    fn run(&mut self, be: &B, l: &Layer<B>, x: &B::Buf, out: &mut B::Buf) {
+        let mlp = |x: &B::Buf, n: usize, [gate, up]: [&mut B::Buf; 2], out: &mut B::Buf| {
+            be.matmul_many(x, &[&l.w_gate, &l.w_up], n, &mut [&mut *gate, &mut *up]);
+            be.silu_mul(gate, up);
+            be.matmul(gate, &l.w_down, n, out);
+        };
+        if let Some([gate, up]) = &mut self.full {
+            return mlp(x, self.rows, [gate, up], out);
+        }
+        let h = self.hidden;
+        let mut r0 = 0;
+        while r0 < self.rows {
+            let take = B::MLP_ROWS.min(self.rows - r0);
+            let Some(s) = self.slices.iter_mut().find(|s| s.rows == take) else {
+                return;
+            };
+            let [xs, gate, up, os] = &mut s.bufs;
+            be.copy_rows(x, r0, xs, 0, take, h);
+            mlp(xs, take, [gate, up], os);
+            be.copy_rows(os, 0, out, r0, take, h);
+            r0 += take;
+        }
+    }
+}
+
 impl<B: Backend> Model<B> {
     /// The forward pass proper; the batch has been validated. The logits of
     /// `batch.logits_rows` stay on the device (`None` when there are none).
@@ -191,8 +262,7 @@ impl<B: Backend> Model<B> {
         let mut v = be.alloc(n * kv_dim);
         let mut attn = be.alloc(n * q_dim);
         let mut proj = be.alloc(n * h);
-        let mut gate = be.alloc(n * ff);
-        let mut up = be.alloc(n * ff);
+        let mut mlp = MlpScratch::new(be, n, h, ff);
 
         for (li, l) in self.layers.iter().enumerate() {
             if li == 0 {
@@ -222,9 +292,7 @@ impl<B: Backend> Model<B> {
             be.attention(&q, &self.kv, li, &batch.seqs, c.num_heads, &mut attn);
             be.matmul(&attn, &l.wo, n, &mut proj);
             be.add_rms_norm(&mut resid, &proj, &l.ffn_norm, eps, &mut normed);
-            be.matmul_many(&normed, &[&l.w_gate, &l.w_up], n, &mut [&mut gate, &mut up]);
-            be.silu_mul(&mut gate, &up);
-            be.matmul(&gate, &l.w_down, n, &mut proj);
+            mlp.run(be, l, &normed, &mut proj);
         }
         be.add(&mut resid, &proj);
 

@@ -105,7 +105,10 @@ pub fn unpermute_qk(m: &QMatrix, n_heads: usize) -> QMatrix {
             }
         }
     }
-    m.permute_rows(&perm)
+    let permuted = m.permute_rows(&perm);
+    // The GGUF's rows are read once, here; keep only the permuted copy resident.
+    m.data.release_pages();
+    permuted
 }
 
 fn check_shape(name: &str, m: &QMatrix, rows: usize, cols: usize) -> Result<()> {

@@ -3,6 +3,7 @@
 //! (`CpuKvPool`). Row-parallel ops use rayon.
 
 pub mod attention;
+pub mod malloc;
 pub mod ops;
 pub mod simd;
 
@@ -26,6 +27,10 @@ impl Backend for CpuBackend {
     type Kv = CpuKvPool;
     /// `(cos, sin)`, each `[rows][head_dim / 2]`.
     type Rope = (Vec<f32>, Vec<f32>);
+    /// A 512-token prefill chunk's gate/up would take 2 × 3 MiB on SmolLM2; in
+    /// 128-row slices they take 2 × 0.75 MiB, at no measurable prefill cost
+    /// (BENCHMARKS.md, prefill RSS).
+    const MLP_ROWS: usize = 128;
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
@@ -191,6 +196,19 @@ impl Backend for CpuBackend {
         out: &mut Vec<f32>,
     ) {
         attention::paged_attention(q, kv, layer, seqs, n_heads, out);
+    }
+
+    fn copy_rows(
+        &self,
+        src: &Vec<f32>,
+        src_row: usize,
+        dst: &mut Vec<f32>,
+        dst_row: usize,
+        count: usize,
+        dim: usize,
+    ) {
+        dst[dst_row * dim..(dst_row + count) * dim]
+            .copy_from_slice(&src[src_row * dim..(src_row + count) * dim]);
     }
 
     fn gather_rows(&self, x: &Vec<f32>, rows: &[usize], dim: usize, out: &mut Vec<f32>) {

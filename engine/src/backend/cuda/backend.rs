@@ -559,6 +559,34 @@ impl Backend for CudaBackend {
         self.paged_attention(q, kv, layer, seqs, n_heads, out);
     }
 
+    fn copy_rows(
+        &self,
+        src: &DevBuf,
+        src_row: usize,
+        dst: &mut DevBuf,
+        dst_row: usize,
+        count: usize,
+        dim: usize,
+    ) {
+        let (Some(s), Some(d)) = (src.data.as_ref(), dst.data.as_mut()) else {
+            return;
+        };
+        let (from, to) = (src_row * dim, dst_row * dim);
+        let len = count * dim;
+        if !self.ensure(from + len <= s.len() && to + len <= d.len(), || {
+            "copy_rows out of range".into()
+        }) {
+            return;
+        }
+        let mut window = d.slice_mut(to..to + len);
+        if let Err(e) = self
+            .stream
+            .memcpy_dtod(&s.slice(from..from + len), &mut window)
+        {
+            self.fail(format!("copy_rows: {e}"));
+        }
+    }
+
     fn gather_rows(&self, x: &DevBuf, rows: &[usize], dim: usize, out: &mut DevBuf) {
         let (Some(x), Some(o)) = (x.data.as_ref(), out.data.as_mut()) else {
             return;
