@@ -21,7 +21,6 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    pdserve_engine::backend::cpu::malloc::limit_arenas();
     let cli = Cli::parse();
     let server = matches!(
         cli.command,

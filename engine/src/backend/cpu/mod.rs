@@ -3,7 +3,6 @@
 //! (`CpuKvPool`). Row-parallel ops use rayon.
 
 pub mod attention;
-pub mod malloc;
 pub mod ops;
 pub mod simd;
 
