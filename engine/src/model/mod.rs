@@ -170,73 +170,109 @@ impl<B: Backend> Model<B> {
     }
 }
 
-/// The MLP's buffers for one forward: whole-batch gate/up when the batch has at
-/// most `B::MLP_ROWS` rows, else one slice's input, gate, up and output (and a
-/// shorter set for the last slice), reused by every layer.
-struct MlpScratch<B: Backend> {
-    rows: usize,
-    hidden: usize,
-    full: Option<[B::Buf; 2]>,
-    slices: Vec<MlpSlice<B>>,
+/// `out = down(silu(gate(x)) * up(x))` over the `n` rows of `x`.
+#[allow(clippy::too_many_arguments)]
+fn mlp<B: Backend>(
+    be: &B,
+    l: &Layer<B>,
+    x: &B::Buf,
+    n: usize,
+    gate: &mut B::Buf,
+    up: &mut B::Buf,
+    out: &mut B::Buf,
+) {
+    be.matmul_many(x, &[&l.w_gate, &l.w_up], n, &mut [&mut *gate, &mut *up]);
+    be.silu_mul(gate, up);
+    be.matmul(gate, &l.w_down, n, out);
 }
 
-/// Buffers for MLP slices of `rows` rows.
+/// The MLP's buffers for one forward, reused by every layer: gate and up for the
+/// whole batch when it has at most `B::MLP_ROWS` rows; else the buffers of one
+/// slice of that many rows, and of the shorter last slice if there is one.
+enum MlpScratch<B: Backend> {
+    Whole {
+        rows: usize,
+        gate: B::Buf,
+        up: B::Buf,
+    },
+    Sliced {
+        rows: usize,
+        full: MlpSlice<B>,
+        last: Option<MlpSlice<B>>,
+    },
+}
+
+/// One MLP slice's input, gate, up and output buffers, for `rows` rows.
 struct MlpSlice<B: Backend> {
     rows: usize,
-    bufs: [B::Buf; 4],
+    hidden: usize,
+    x: B::Buf,
+    gate: B::Buf,
+    up: B::Buf,
+    out: B::Buf,
+}
+
+impl<B: Backend> MlpSlice<B> {
+    fn new(be: &B, rows: usize, hidden: usize, ff: usize) -> Self {
+        MlpSlice {
+            rows,
+            hidden,
+            x: be.alloc(rows * hidden),
+            gate: be.alloc(rows * ff),
+            up: be.alloc(rows * ff),
+            out: be.alloc(rows * hidden),
+        }
+    }
+
+    /// The MLP of rows `first .. first + self.rows` of `x` into the same rows of
+    /// `out` (`[rows][hidden]` both).
+    fn run(&mut self, be: &B, l: &Layer<B>, x: &B::Buf, first: usize, out: &mut B::Buf) {
+        let (n, hidden) = (self.rows, self.hidden);
+        be.copy_rows(x, first, &mut self.x, 0, n, hidden);
+        mlp(
+            be,
+            l,
+            &self.x,
+            n,
+            &mut self.gate,
+            &mut self.up,
+            &mut self.out,
+        );
+        be.copy_rows(&self.out, 0, out, first, n, hidden);
+    }
 }
 
 impl<B: Backend> MlpScratch<B> {
     fn new(be: &B, n: usize, hidden: usize, ff: usize) -> Self {
-        let slice = |rows: usize| MlpSlice {
-            rows,
-            bufs: [
-                be.alloc(rows * hidden),
-                be.alloc(rows * ff),
-                be.alloc(rows * ff),
-                be.alloc(rows * hidden),
-            ],
-        };
-        let (full, slices) = if n <= B::MLP_ROWS {
-            (Some([be.alloc(n * ff), be.alloc(n * ff)]), Vec::new())
-        } else {
-            let tail = n % B::MLP_ROWS;
-            let mut v = vec![slice(B::MLP_ROWS)];
-            if tail > 0 {
-                v.push(slice(tail));
-            }
-            (None, v)
-        };
-        MlpScratch {
+        if n <= B::MLP_ROWS {
+            return MlpScratch::Whole {
+                rows: n,
+                gate: be.alloc(n * ff),
+                up: be.alloc(n * ff),
+            };
+        }
+        let tail = n % B::MLP_ROWS;
+        MlpScratch::Sliced {
             rows: n,
-            hidden,
-            full,
-            slices,
+            full: MlpSlice::new(be, B::MLP_ROWS, hidden, ff),
+            last: (tail > 0).then(|| MlpSlice::new(be, tail, hidden, ff)),
         }
     }
 
-    /// `out = down(silu(gate(x)) * up(x))` over all rows of `x`.
+    /// The MLP over all rows of `x` into `out`.
     fn run(&mut self, be: &B, l: &Layer<B>, x: &B::Buf, out: &mut B::Buf) {
-        let mlp = |x: &B::Buf, n: usize, [gate, up]: [&mut B::Buf; 2], out: &mut B::Buf| {
-            be.matmul_many(x, &[&l.w_gate, &l.w_up], n, &mut [&mut *gate, &mut *up]);
-            be.silu_mul(gate, up);
-            be.matmul(gate, &l.w_down, n, out);
-        };
-        if let Some([gate, up]) = &mut self.full {
-            return mlp(x, self.rows, [gate, up], out);
-        }
-        let h = self.hidden;
-        let mut r0 = 0;
-        while r0 < self.rows {
-            let take = B::MLP_ROWS.min(self.rows - r0);
-            let Some(s) = self.slices.iter_mut().find(|s| s.rows == take) else {
-                return;
-            };
-            let [xs, gate, up, os] = &mut s.bufs;
-            be.copy_rows(x, r0, xs, 0, take, h);
-            mlp(xs, take, [gate, up], os);
-            be.copy_rows(os, 0, out, r0, take, h);
-            r0 += take;
+        match self {
+            MlpScratch::Whole { rows, gate, up } => mlp(be, l, x, *rows, gate, up, out),
+            MlpScratch::Sliced { rows, full, last } => {
+                for first in (0..*rows).step_by(B::MLP_ROWS) {
+                    // Only the last slice can be shorter, and `last` is sized for it.
+                    let slice = match last {
+                        Some(s) if *rows - first < B::MLP_ROWS => s,
+                        _ => &mut *full,
+                    };
+                    slice.run(be, l, x, first, out);
+                }
+            }
         }
     }
 }

@@ -93,8 +93,10 @@ impl Names {
 }
 
 /// Undoes llama.cpp's q/k row permutation for llama-architecture GGUFs: within each
-/// head, GGUF row `2*i + t` holds HF row `t*half + i` (t ∈ {0, 1}).
-pub fn unpermute_qk(m: &QMatrix, n_heads: usize) -> QMatrix {
+/// head, GGUF row `2*i + t` holds HF row `t*half + i` (t ∈ {0, 1}). Takes the
+/// stored matrix: it is read once, here, and its mapped pages are released after
+/// the copy, so that only the permuted copy stays resident.
+pub fn unpermute_qk(m: QMatrix, n_heads: usize) -> QMatrix {
     let hd = m.rows / n_heads;
     let half = hd / 2;
     let mut perm = vec![0usize; m.rows];
@@ -106,7 +108,6 @@ pub fn unpermute_qk(m: &QMatrix, n_heads: usize) -> QMatrix {
         }
     }
     let permuted = m.permute_rows(&perm);
-    // The GGUF's rows are read once, here; keep only the permuted copy resident.
     m.data.release_pages();
     permuted
 }
@@ -159,8 +160,8 @@ impl ModelWeights {
             let mut wq = mat(&n("q"), q_dim, h)?;
             let mut wk = mat(&n("k"), kv_dim, h)?;
             if permuted {
-                wq = unpermute_qk(&wq, c.num_heads);
-                wk = unpermute_qk(&wk, c.num_kv_heads);
+                wq = unpermute_qk(wq, c.num_heads);
+                wk = unpermute_qk(wk, c.num_kv_heads);
             }
             let bias = |w: &str, len: usize| -> Result<Option<Vec<f32>>> {
                 if c.arch.has_qkv_bias() {
