@@ -5,8 +5,9 @@
 //! Reports: memory read bandwidth (the decode floor), per-shape matmul time at n=1
 //! (GB/s of weights streamed) and n=512 (GFLOP/s), and — when the real GGUF is in
 //! `~/.cache/pdserve/models/` — the time of all 211 weight matmuls of one decode
-//! step and of a 512-token prefill over the real (mapped) tensors. Timings are the
-//! best of several repetitions (the machine is shared).
+//! step and of a 512-token prefill over the real tensors, in the CPU backend's
+//! interleaved layout (`rows` on the command line: the file's row-major layout).
+//! Timings are the best of several repetitions (the machine is shared).
 
 use std::time::Instant;
 
@@ -166,13 +167,16 @@ fn bench_model(path: &std::path::Path, reps: usize, n_prefill: usize) {
             "ffn_up",
             "ffn_down",
         ] {
-            mats.push(f.matrix(&format!("blk.{l}.{t}.weight")).expect("tensor"));
+            mats.push(as_cpu(
+                f.matrix(&format!("blk.{l}.{t}.weight")).expect("tensor"),
+            ));
         }
     }
-    let head = f
-        .matrix("output.weight")
-        .or_else(|_| f.matrix("token_embd.weight"))
-        .expect("lm head");
+    let head = as_cpu(
+        f.matrix("output.weight")
+            .or_else(|_| f.matrix("token_embd.weight"))
+            .expect("lm head"),
+    );
     let bytes: usize = mats.iter().map(|m| m.data.len()).sum::<usize>() + head.data.len();
     let flops: usize = mats.iter().map(|m| 2 * m.rows * m.cols).sum();
     let head_flops = 2 * head.rows * head.cols;
@@ -272,6 +276,15 @@ fn bench_model(path: &std::path::Path, reps: usize, n_prefill: usize) {
         n as f64 / prefill,
         (flops * n + head_flops) as f64 / prefill / 1e9
     );
+}
+
+/// The matrix as the CPU backend holds it: interleaved where its type allows,
+/// unless `rows` is on the command line.
+fn as_cpu(m: QMatrix) -> QMatrix {
+    if std::env::args().any(|a| a == "rows") {
+        return m;
+    }
+    m.interleaved().unwrap_or(m)
 }
 
 /// `batchN` on the command line: only time an N-sequence decode step.

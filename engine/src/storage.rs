@@ -50,11 +50,16 @@ impl Storage {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Storage {
-        let mut words = vec![0u64; bytes.len().div_ceil(8)];
-        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+        Storage::filled(bytes.len(), |out| out.copy_from_slice(bytes))
+    }
+
+    /// Owned storage of `len` bytes (zeroed), written in place by `fill`.
+    pub fn filled(len: usize, fill: impl FnOnce(&mut [u8])) -> Storage {
+        let mut words = vec![0u64; len.div_ceil(8)];
+        fill(&mut bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..len]);
         Storage::Owned {
             words: Arc::new(words),
-            len: bytes.len(),
+            len,
         }
     }
 
@@ -64,13 +69,26 @@ impl Storage {
     /// copy and count twice. Harmless if it is read again (the pages fault back
     /// in from the file). A no-op for owned storage; best effort (errors ignored).
     pub fn release_pages(&self) {
-        let Storage::Mapped { map, offset, len } = self else {
+        self.release_range(0, self.len());
+    }
+
+    /// [`Storage::release_pages`] for bytes `start..start + len` of this window
+    /// (clamped to it): the whole pages inside that range.
+    pub fn release_range(&self, start: usize, len: usize) {
+        let Storage::Mapped {
+            map,
+            offset,
+            len: window,
+        } = self
+        else {
             return;
         };
+        let start = start.min(*window);
+        let (from, len) = (offset + start, len.min(*window - start));
         let page = page_size();
         let base = map.as_ptr() as usize;
-        let start = (base + offset).next_multiple_of(page) - base;
-        let end = (base + offset + len) / page * page - base;
+        let start = (base + from).next_multiple_of(page) - base;
+        let end = (base + from + len) / page * page - base;
         if end > start {
             // SAFETY: the map is read-only and private, so no page of it holds data
             // that differs from the file: MADV_DONTNEED only unmaps pages, and any
@@ -151,6 +169,15 @@ mod tests {
             s.release_pages();
             assert_eq!(s.bytes(), &before[..], "window {offset}+{len}");
             assert_eq!(s.bytes(), &bytes[offset..offset + len]);
+            // Part of the window, and ranges past its end (clamped).
+            s.release_range(len / 3, len / 2);
+            s.release_range(len, 10);
+            s.release_range(len / 2, usize::MAX);
+            assert_eq!(
+                s.bytes(),
+                &bytes[offset..offset + len],
+                "window {offset}+{len}"
+            );
         }
         // Owned storage: nothing to release, bytes unchanged.
         let owned = Storage::from_bytes(&bytes[..10]);

@@ -16,8 +16,9 @@
 
 use rayon::prelude::*;
 
-use super::act::{ActTile4, ActTile8, QActs};
-use super::{dequant, dot, float, DType, QMatrix};
+use super::act::{ActRow, ActTile4, ActTile8, QActs};
+use super::interleave::{self, GroupFn, GROUP};
+use super::{dot, float, DType, Layout, QMatrix};
 
 /// Below this many multiply-adds a matmul runs on the calling thread.
 const MIN_PARALLEL_WORK: usize = 128 * 1024;
@@ -29,6 +30,11 @@ const MIN_TASK_WORK: usize = 48 * 1024;
 const SPLIT_ACTS_FROM: usize = 32;
 /// Weight rows per cache tile when several activation rows are processed.
 const TILE_ROWS: usize = 16;
+/// Interleaved groups per cache tile.
+const TILE_GROUPS: usize = 4;
+/// Weight-row splits are multiples of this (an interleaved group never straddles
+/// two tasks).
+const ROW_SPLIT: usize = GROUP;
 
 /// Four-row dot: `out.len() / 4` consecutive weight rows (`w`, `row_bytes` each)
 /// against four activation rows; `out[4·row + r]`.
@@ -96,6 +102,9 @@ pub fn portable_int_kernel(dtype: DType) -> Option<IntKernel> {
 }
 
 pub fn matmul(m: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
+    if m.layout == Layout::Interleaved8 {
+        return matmul_many(&[m], x, n, &mut [y]);
+    }
     match int_kernel(m.dtype) {
         Some(k) => matmul_int(m, &k, x, n, y),
         None if !m.dtype.is_quantized() => {
@@ -131,7 +140,20 @@ pub fn matmul_many(ms: &[&QMatrix], x: &[f32], n: usize, ys: &mut [&mut [f32]]) 
     let Some(first) = ms.first() else { return };
     let same = ms
         .iter()
-        .all(|m| m.dtype == first.dtype && m.cols == first.cols);
+        .all(|m| m.dtype == first.dtype && m.cols == first.cols && m.layout == first.layout);
+    if first.layout == Layout::Interleaved8 && same {
+        if first.cols == 0 {
+            ys.iter_mut().for_each(|y| y.fill(0.0));
+            return;
+        }
+        let kern = interleave::kernel(first.dtype);
+        let acts = QActs::quantize(x, first.cols, first.dtype.block_len());
+        let rows: Vec<usize> = ms.iter().map(|m| m.rows).collect();
+        run(&rows, first.cols, n, ys, &|j, r, i, out, ldo| {
+            packed_tile(ms[j], kern, &acts, r, i, out, ldo)
+        });
+        return;
+    }
     match int_kernel(first.dtype) {
         Some(k) if same && first.cols > 0 => {
             let acts = QActs::quantize(x, first.cols, k.block);
@@ -142,7 +164,11 @@ pub fn matmul_many(ms: &[&QMatrix], x: &[f32], n: usize, ys: &mut [&mut [f32]]) 
         }
         _ => {
             for (m, y) in ms.iter().zip(ys.iter_mut()) {
-                matmul(m, x, n, y);
+                if m.layout == Layout::Interleaved8 {
+                    matmul_many(&[m], x, n, &mut [y]);
+                } else {
+                    matmul(m, x, n, y);
+                }
             }
         }
     }
@@ -196,7 +222,7 @@ fn run(rows: &[usize], cols: usize, n: usize, ys: &mut [&mut [f32]], tile: &Tile
             }
         }
     } else if n == 1 {
-        let per = total_rows.div_ceil(max_tasks).next_multiple_of(4);
+        let per = total_rows.div_ceil(max_tasks).next_multiple_of(ROW_SPLIT);
         for (j, y) in ys.iter_mut().enumerate() {
             for (t, out) in y.chunks_mut(per).enumerate() {
                 let r0 = t * per;
@@ -213,7 +239,7 @@ fn run(rows: &[usize], cols: usize, n: usize, ys: &mut [&mut [f32]], tile: &Tile
     } else {
         // A few activation rows: split the weight rows; each task fills a local
         // [n × chunk] block and copies it into its own slice of every row of y.
-        let per = total_rows.div_ceil(max_tasks).next_multiple_of(4);
+        let per = total_rows.div_ceil(max_tasks).next_multiple_of(ROW_SPLIT);
         let mut pieces: Vec<(usize, Range, Vec<&mut [f32]>)> = Vec::new();
         for (j, y) in ys.iter_mut().enumerate() {
             let mut slots: Vec<Vec<&mut [f32]>> = (0..rows[j].div_ceil(per))
@@ -308,6 +334,40 @@ fn int_tile(
     }
 }
 
+/// Weight rows `r` (starting on a group boundary) of an interleaved matrix ×
+/// activation rows `i`, four activation rows per kernel call.
+fn packed_tile(
+    m: &QMatrix,
+    kern: GroupFn,
+    acts: &QActs,
+    r: Range,
+    i: Range,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    debug_assert!(r.start.is_multiple_of(GROUP));
+    let group_bytes = GROUP * m.row_bytes();
+    let bytes = m.data.bytes();
+    let act_rows: Vec<ActRow<'_>> = i.clone().map(|ii| acts.row(ii)).collect();
+    let mut res = [[0f32; GROUP]; 4];
+    let groups = r.start / GROUP..r.end.div_ceil(GROUP);
+    for tile in groups.clone().step_by(TILE_GROUPS) {
+        let tile = tile..(tile + TILE_GROUPS).min(groups.end);
+        for (q0, a4) in act_rows.chunks(4).enumerate() {
+            for g in tile.clone() {
+                let res = &mut res[..a4.len()];
+                kern(&bytes[g * group_bytes..(g + 1) * group_bytes], a4, res);
+                let row0 = g * GROUP;
+                let lanes = (r.end - row0).min(GROUP);
+                for (q, res) in res.iter().enumerate() {
+                    let o = (4 * q0 + q) * ldo + row0 - r.start;
+                    out[o..o + lanes].copy_from_slice(&res[..lanes]);
+                }
+            }
+        }
+    }
+}
+
 fn float_tile(m: &QMatrix, x: &[f32], r: Range, i: Range, out: &mut [f32], ldo: usize) {
     if i.len() > 1 {
         return exact_tile(m, x, r, i, out, ldo);
@@ -327,12 +387,15 @@ fn exact_tile(m: &QMatrix, x: &[f32], r: Range, i: Range, out: &mut [f32], ldo: 
     let mut buf = vec![0f32; cols];
     let xr = |ii: usize| &x[ii * cols..(ii + 1) * cols];
     for row in r.clone() {
-        let bytes = m.row_data(row);
         // F32 rows are used in place (QMatrix keeps F32 data 4-byte aligned).
-        let w: &[f32] = match bytemuck::try_cast_slice(bytes) {
-            Ok(w) if m.dtype == DType::F32 => w,
-            _ => {
-                dequant::dequantize(m.dtype, bytes, &mut buf);
+        let in_place = match m.layout {
+            Layout::Rows if m.dtype == DType::F32 => bytemuck::try_cast_slice(m.row_data(row)).ok(),
+            _ => None,
+        };
+        let w: &[f32] = match in_place {
+            Some(w) => w,
+            None => {
+                m.dequantize_row(row, &mut buf);
                 &buf
             }
         };

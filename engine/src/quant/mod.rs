@@ -15,7 +15,8 @@
 //! (reference f32 → block quantizers), `act` (8-bit activation quantization),
 //! `dot` (scalar integer dot products), `dot_avx2` (AVX2 helpers, float dots and
 //! activation quantization), `dot_avx2_q32` / `dot_avx2_k` (AVX2 integer kernels),
-//! `float` (f32 dots), `matmul` (the threaded driver).
+//! `float` (f32 dots), `interleave` + `dot_avx2_i8` (the CPU's eight-row
+//! interleaved layout and its kernels), `matmul` (the threaded driver).
 
 mod act;
 mod blocks;
@@ -24,14 +25,19 @@ mod dot;
 #[cfg(target_arch = "x86_64")]
 mod dot_avx2;
 #[cfg(target_arch = "x86_64")]
+mod dot_avx2_i8;
+#[cfg(target_arch = "x86_64")]
 mod dot_avx2_k;
 #[cfg(target_arch = "x86_64")]
 mod dot_avx2_q32;
 mod float;
+mod interleave;
 mod matmul;
 mod quantize;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_interleave;
 #[cfg(test)]
 mod tests_matmul;
 
@@ -39,6 +45,11 @@ use crate::storage::Storage;
 use crate::{EngineError, Result};
 
 pub use blocks::QK_K;
+pub use interleave::Layout;
+
+/// Bytes of a mapped matrix copied between two page releases in
+/// [`QMatrix::interleaved`].
+const RELEASE_EVERY: usize = 1 << 20;
 
 /// Storage type of a weight tensor. Discriminants are the GGML type ids.
 #[allow(non_camel_case_types)]
@@ -157,6 +168,9 @@ pub struct QMatrix {
     pub rows: usize,
     pub cols: usize,
     pub data: Storage,
+    /// Row-major as in the file, or the CPU's interleaved layout
+    /// ([`QMatrix::interleaved`]).
+    pub layout: Layout,
 }
 
 impl QMatrix {
@@ -191,6 +205,7 @@ impl QMatrix {
             rows,
             cols,
             data,
+            layout: Layout::Rows,
         })
     }
 
@@ -201,6 +216,7 @@ impl QMatrix {
             rows,
             cols,
             data: Storage::from_f32(values),
+            layout: Layout::Rows,
         }
     }
 
@@ -216,8 +232,14 @@ impl QMatrix {
         self.dtype.bytes_for(self.cols)
     }
 
-    /// Raw bytes of row `row`.
+    /// Raw bytes of row `row` of a row-major matrix (panics on an interleaved one:
+    /// use [`QMatrix::dequantize_row`]).
     pub fn row_data(&self, row: usize) -> &[u8] {
+        assert_eq!(
+            self.layout,
+            Layout::Rows,
+            "row_data of an interleaved matrix"
+        );
         let rb = self.row_bytes();
         &self.data.bytes()[row * rb..(row + 1) * rb]
     }
@@ -226,7 +248,15 @@ impl QMatrix {
     pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
         assert!(row < self.rows, "row {row} out of range ({})", self.rows);
         assert_eq!(out.len(), self.cols, "dequantize_row: output length");
-        dequant::dequantize(self.dtype, self.row_data(row), out);
+        match self.layout {
+            Layout::Rows => dequant::dequantize(self.dtype, self.row_data(row), out),
+            Layout::Interleaved8 => {
+                let rb = self.row_bytes();
+                let mut bytes = vec![0u8; rb];
+                interleave::row_bytes_of(self.dtype, self.data.bytes(), row, rb, &mut bytes);
+                dequant::dequantize(self.dtype, &bytes, out);
+            }
+        }
     }
 
     /// Whole matrix as f32, row-major.
@@ -286,7 +316,40 @@ impl QMatrix {
             rows: perm.len(),
             cols: self.cols,
             data: Storage::from_bytes(&bytes),
+            layout: Layout::Rows,
         }
+    }
+
+    /// The same matrix in the CPU's interleaved layout (eight rows per group, see
+    /// `interleave`), for the types that have one; `None` for the others and for
+    /// a matrix already interleaved. Every matmul result is computed by the
+    /// interleaved kernels then, whatever the number of activation rows.
+    ///
+    /// A mapped source's file pages are released as they are copied (they fault
+    /// back in if `self` is read again): the copy is meant to replace it.
+    pub fn interleaved(&self) -> Option<QMatrix> {
+        if self.layout != Layout::Rows || !interleave::supports(self.dtype) {
+            return None;
+        }
+        let rb = self.row_bytes();
+        let data = Storage::filled(interleave::interleaved_len(self.rows, rb), |out| {
+            // In slices, releasing each slice's file pages once copied, so that a
+            // large mapped matrix is not resident twice at any time.
+            let rows_per = (RELEASE_EVERY / rb.max(1)).max(1);
+            for first in (0..self.rows).step_by(rows_per) {
+                let n = rows_per.min(self.rows - first);
+                let src = &self.data.bytes()[first * rb..(first + n) * rb];
+                interleave::interleave_rows(self.dtype, src, first, rb, out);
+                self.data.release_range(first * rb, n * rb);
+            }
+        });
+        Some(QMatrix {
+            dtype: self.dtype,
+            rows: self.rows,
+            cols: self.cols,
+            data,
+            layout: Layout::Interleaved8,
+        })
     }
 }
 

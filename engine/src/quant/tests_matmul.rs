@@ -51,23 +51,32 @@ fn matmul_matches_f64_reference() {
     let (rows, cols) = (37, 512);
     let w = rng.vec(rows * cols, 0.3);
     for dtype in MATMUL_TYPES {
-        let m = QMatrix::quantize_from_f32(dtype, rows, cols, &w);
-        for n in [1, 2, 5, 16, 23] {
-            let x = rng.vec(n * cols, 1.0);
-            let want = reference(&m, &x, n);
+        let rows_m = QMatrix::quantize_from_f32(dtype, rows, cols, &w);
+        for m in with_interleaved(rows_m) {
+            let dtype = format!("{dtype} {:?}", m.layout);
+            for n in [1, 2, 5, 16, 40] {
+                let x = rng.vec(n * cols, 1.0);
+                let want = reference(&m, &x, n);
 
-            let mut y = vec![f32::NAN; n * rows];
-            m.matmul_exact(&x, n, &mut y);
-            let (rel, msg) = rel_err(&y, &want);
-            assert!(rel <= 1e-5, "{dtype} n={n} exact: rel {rel}; {msg}");
+                let mut y = vec![f32::NAN; n * rows];
+                m.matmul_exact(&x, n, &mut y);
+                let (rel, msg) = rel_err(&y, &want);
+                assert!(rel <= 1e-5, "{dtype} n={n} exact: rel {rel}; {msg}");
 
-            let mut y = vec![f32::NAN; n * rows];
-            m.matmul(&x, n, &mut y);
-            let (rel, msg) = rel_err(&y, &want);
-            let bound = if dtype.is_quantized() { 1e-2 } else { 1e-5 };
-            assert!(rel <= bound, "{dtype} n={n} matmul: rel {rel}; {msg}");
+                let mut y = vec![f32::NAN; n * rows];
+                m.matmul(&x, n, &mut y);
+                let (rel, msg) = rel_err(&y, &want);
+                let bound = if m.dtype.is_quantized() { 1e-2 } else { 1e-5 };
+                assert!(rel <= bound, "{dtype} n={n} matmul: rel {rel}; {msg}");
+            }
         }
     }
+}
+
+/// The matrix, plus its interleaved form where its type has one.
+pub(super) fn with_interleaved(m: QMatrix) -> Vec<QMatrix> {
+    let il = m.interleaved();
+    std::iter::once(m).chain(il).collect()
 }
 
 #[test]
@@ -205,29 +214,37 @@ fn rows_are_batch_invariant() {
     for dtype in DType::ALL {
         let m = QMatrix::quantize_from_f32(dtype, rows, cols, &rng.vec(rows * cols, 0.3));
         let m2 = QMatrix::quantize_from_f32(dtype, rows2, cols, &rng.vec(rows2 * cols, 0.3));
-        for n in [1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 16, 17, 24, 33] {
-            let x = rng.vec(n * cols, 1.0);
-            let mut y = vec![f32::NAN; n * rows];
-            m.matmul(&x, n, &mut y);
-            let mut y3 = vec![f32::NAN; n * rows];
-            pool3.install(|| m.matmul(&x, n, &mut y3));
-            let mut many = [vec![f32::NAN; n * rows], vec![f32::NAN; n * rows2]];
-            {
-                let mut outs: Vec<&mut [f32]> = many.iter_mut().map(|v| v.as_mut_slice()).collect();
-                QMatrix::matmul_many(&[&m, &m2], &x, n, &mut outs);
-            }
-            for i in 0..n {
-                let xi = &x[i * cols..(i + 1) * cols];
-                let mut alone = vec![f32::NAN; rows];
-                m.matmul(xi, 1, &mut alone);
-                let mut alone2 = vec![f32::NAN; rows2];
-                m2.matmul(xi, 1, &mut alone2);
-                let row = |v: &[f32], r: usize| v[i * r..(i + 1) * r].to_vec();
-                let what = format!("{dtype} n={n} row {i}");
-                assert_bits_eq(&row(&y, rows), &alone, &format!("{what} matmul"));
-                assert_bits_eq(&row(&y3, rows), &alone, &format!("{what} 3 threads"));
-                assert_bits_eq(&row(&many[0], rows), &alone, &format!("{what} many[0]"));
-                assert_bits_eq(&row(&many[1], rows2), &alone2, &format!("{what} many[1]"));
+        let pairs = match (m.interleaved(), m2.interleaved()) {
+            (Some(a), Some(b)) => vec![(m, m2), (a, b)],
+            _ => vec![(m, m2)],
+        };
+        for (m, m2) in pairs {
+            let dtype = format!("{dtype} {:?}", m.layout);
+            for n in [1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 16, 17, 24, 33] {
+                let x = rng.vec(n * cols, 1.0);
+                let mut y = vec![f32::NAN; n * rows];
+                m.matmul(&x, n, &mut y);
+                let mut y3 = vec![f32::NAN; n * rows];
+                pool3.install(|| m.matmul(&x, n, &mut y3));
+                let mut many = [vec![f32::NAN; n * rows], vec![f32::NAN; n * rows2]];
+                {
+                    let mut outs: Vec<&mut [f32]> =
+                        many.iter_mut().map(|v| v.as_mut_slice()).collect();
+                    QMatrix::matmul_many(&[&m, &m2], &x, n, &mut outs);
+                }
+                for i in 0..n {
+                    let xi = &x[i * cols..(i + 1) * cols];
+                    let mut alone = vec![f32::NAN; rows];
+                    m.matmul(xi, 1, &mut alone);
+                    let mut alone2 = vec![f32::NAN; rows2];
+                    m2.matmul(xi, 1, &mut alone2);
+                    let row = |v: &[f32], r: usize| v[i * r..(i + 1) * r].to_vec();
+                    let what = format!("{dtype} n={n} row {i}");
+                    assert_bits_eq(&row(&y, rows), &alone, &format!("{what} matmul"));
+                    assert_bits_eq(&row(&y3, rows), &alone, &format!("{what} 3 threads"));
+                    assert_bits_eq(&row(&many[0], rows), &alone, &format!("{what} many[0]"));
+                    assert_bits_eq(&row(&many[1], rows2), &alone2, &format!("{what} many[1]"));
+                }
             }
         }
     }

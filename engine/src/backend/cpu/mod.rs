@@ -1,6 +1,11 @@
 //! The CPU backend: activations are `Vec<f32>`, weights stay in their stored type
 //! (`QMatrix`, quantized kernels in `quant`), the KV pool is host memory
 //! (`CpuKvPool`). Row-parallel ops use rayon.
+//!
+//! Weights of the types with an interleaved layout (Q4_0, Q4_1, Q8_0) are copied
+//! into it once at upload (`QMatrix::interleaved`: eight rows per group, the same
+//! bytes permuted) and the file pages they came from are released; every other
+//! type is used in place from the mapped file.
 
 pub mod attention;
 pub mod ops;
@@ -36,7 +41,8 @@ impl Backend for CpuBackend {
     }
 
     fn upload_matrix(&self, m: &QMatrix) -> Result<QMatrix> {
-        Ok(m.clone())
+        // The interleaved copy releases the mapped rows' pages as it goes.
+        Ok(m.interleaved().unwrap_or_else(|| m.clone()))
     }
     fn upload_vector(&self, v: &[f32]) -> Result<Vec<f32>> {
         Ok(v.to_vec())

@@ -1,0 +1,88 @@
+//! The interleaved layout: byte permutation round trips, rows read back, and the
+//! AVX2 group kernels bitwise equal to the portable one (the definition of the
+//! arithmetic), including the extreme quants and activations.
+
+use super::act::QActs;
+use super::interleave::{self, GROUP};
+use super::tests::Rng;
+use super::*;
+
+const TYPES: [DType; 3] = [DType::Q4_0, DType::Q4_1, DType::Q8_0];
+
+#[test]
+fn interleave_round_trips_every_row() {
+    let mut rng = Rng::new(31);
+    for dtype in TYPES {
+        for rows in [1, 7, 8, 9, 21] {
+            let cols = 96;
+            let m = QMatrix::quantize_from_f32(dtype, rows, cols, &rng.vec(rows * cols, 0.5));
+            let il = m.interleaved().expect("supported type");
+            assert_eq!(il.layout, Layout::Interleaved8);
+            assert_eq!(il.data.len(), rows.next_multiple_of(GROUP) * m.row_bytes());
+            assert!(il.interleaved().is_none(), "interleaving twice");
+            let rb = m.row_bytes();
+            let mut back = vec![0u8; rb];
+            let mut a = vec![0f32; cols];
+            let mut b = vec![0f32; cols];
+            for r in 0..rows {
+                interleave::row_bytes_of(dtype, il.data.bytes(), r, rb, &mut back);
+                assert_eq!(back, m.row_data(r), "{dtype} rows={rows} row {r} bytes");
+                m.dequantize_row(r, &mut a);
+                il.dequantize_row(r, &mut b);
+                assert_eq!(a, b, "{dtype} rows={rows} row {r} values");
+            }
+            assert_eq!(m.to_f32(), il.to_f32());
+        }
+    }
+    for dtype in DType::ALL {
+        if !TYPES.contains(&dtype) {
+            let m = QMatrix::quantize_from_f32(dtype, 2, 256, &rng.vec(512, 0.5));
+            assert!(
+                m.interleaved().is_none(),
+                "{dtype} has no interleaved layout"
+            );
+        }
+    }
+}
+
+/// Raw group bytes with every quant byte and scale random (so Q8_0 quants hit
+/// −128 and Q4 nibbles hit 0 and 15), activations at the ±127 extremes.
+#[test]
+fn simd_group_kernels_match_portable_bitwise() {
+    let mut rng = Rng::new(32);
+    for dtype in TYPES {
+        let nb = 5;
+        let bb = dtype.block_bytes();
+        let mut group: Vec<u8> = (0..GROUP * nb * bb).map(|_| rng.next_u64() as u8).collect();
+        // Scales: finite f16 in a sane range (|d| < 2, normal numbers).
+        let fields = if dtype == DType::Q4_1 { 2 } else { 1 };
+        for b in 0..nb {
+            for k in 0..GROUP * fields {
+                let v = rng.f32() * 2.0;
+                let h = super::blocks::f16_bytes(v);
+                group[b * GROUP * bb + 2 * k..][..2].copy_from_slice(&h);
+            }
+        }
+        for n in 1..=4 {
+            let mut x = rng.vec(n * 32 * nb, 1.0);
+            x[0] = 40.0; // one block's amax: its other values shrink to small quants
+            x[n * 32 * nb - 1] = -40.0;
+            let acts = QActs::quantize(&x, 32 * nb, 32);
+            let rows: Vec<_> = (0..n).map(|i| acts.row(i)).collect();
+            let mut fast = vec![[f32::NAN; GROUP]; n];
+            let mut port = vec![[f32::NAN; GROUP]; n];
+            interleave::kernel(dtype)(&group, &rows, &mut fast);
+            interleave::portable_kernel(dtype)(&group, &rows, &mut port);
+            for (q, (f, p)) in fast.iter().zip(&port).enumerate() {
+                for lane in 0..GROUP {
+                    assert!(
+                        f[lane].to_bits() == p[lane].to_bits(),
+                        "{dtype} n={n} act {q} lane {lane}: simd {} portable {}",
+                        f[lane],
+                        p[lane]
+                    );
+                }
+            }
+        }
+    }
+}
