@@ -108,8 +108,8 @@ pub fn matmul(m: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
     match int_kernel(m.dtype) {
         Some(k) => matmul_int(m, &k, x, n, y),
         None if !m.dtype.is_quantized() => {
-            run(&[m.rows], m.cols, n, &mut [y], &|_, r, i, out, ldo| {
-                float_tile(m, x, r, i, out, ldo)
+            run(&[m.rows], m.cols, n, &mut [y], &|_, r, i, out| {
+                out.strided(r.len(), i.len(), |o, ldo| float_tile(m, x, r, i, o, ldo))
             })
         }
         None => matmul_exact(m, x, n, y),
@@ -123,14 +123,14 @@ pub fn matmul_int(m: &QMatrix, k: &IntKernel, x: &[f32], n: usize, y: &mut [f32]
         return;
     }
     let acts = QActs::quantize(x, m.cols, k.block);
-    run(&[m.rows], m.cols, n, &mut [y], &|_, r, i, out, ldo| {
-        int_tile(m, k, &acts, r, i, out, ldo)
+    run(&[m.rows], m.cols, n, &mut [y], &|_, r, i, out| {
+        out.strided(r.len(), i.len(), |o, ldo| int_tile(m, k, &acts, r, i, o, ldo))
     });
 }
 
 pub fn matmul_exact(m: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
-    run(&[m.rows], m.cols, n, &mut [y], &|_, r, i, out, ldo| {
-        exact_tile(m, x, r, i, out, ldo)
+    run(&[m.rows], m.cols, n, &mut [y], &|_, r, i, out| {
+        out.strided(r.len(), i.len(), |o, ldo| exact_tile(m, x, r, i, o, ldo))
     });
 }
 
@@ -149,8 +149,8 @@ pub fn matmul_many(ms: &[&QMatrix], x: &[f32], n: usize, ys: &mut [&mut [f32]]) 
         let kern = interleave::kernel(first.dtype);
         let acts = QActs::quantize(x, first.cols, first.dtype.block_len());
         let rows: Vec<usize> = ms.iter().map(|m| m.rows).collect();
-        run(&rows, first.cols, n, ys, &|j, r, i, out, ldo| {
-            packed_tile(ms[j], kern, &acts, r, i, out, ldo)
+        run(&rows, first.cols, n, ys, &|j, r, i, out| {
+            packed_tile(ms[j], kern, &acts, r, i, out)
         });
         return;
     }
@@ -158,8 +158,8 @@ pub fn matmul_many(ms: &[&QMatrix], x: &[f32], n: usize, ys: &mut [&mut [f32]]) 
         Some(k) if same && first.cols > 0 => {
             let acts = QActs::quantize(x, first.cols, k.block);
             let rows: Vec<usize> = ms.iter().map(|m| m.rows).collect();
-            run(&rows, first.cols, n, ys, &|j, r, i, out, ldo| {
-                int_tile(ms[j], &k, &acts, r, i, out, ldo)
+            run(&rows, first.cols, n, ys, &|j, r, i, out| {
+                out.strided(r.len(), i.len(), |o, ldo| int_tile(ms[j], &k, &acts, r, i, o, ldo))
             });
         }
         _ => {
@@ -175,9 +175,42 @@ pub fn matmul_many(ms: &[&QMatrix], x: &[f32], n: usize, ys: &mut [&mut [f32]]) 
 }
 
 type Range = std::ops::Range<usize>;
-/// Computes, for matrix `j`, weight rows `r` × activation rows `i` into
-/// `out[(i−i0)·ldo + (r−r0)]`.
-type TileFn<'a> = dyn Fn(usize, Range, Range, &mut [f32], usize) + Sync + 'a;
+/// Computes, for matrix `j`, weight rows `r` × activation rows `i` into `out`.
+type TileFn<'a> = dyn Fn(usize, Range, Range, &mut Out<'_, '_>) + Sync + 'a;
+
+/// Where a tile's results go: element (activation row q, weight row c), both
+/// relative to the tile's first.
+enum Out<'a, 'b> {
+    /// `buf[q·ldo + c]`.
+    Strided(&'a mut [f32], usize),
+    /// `rows[q][c]`: each activation row's own slice of y (weight-row splits).
+    Rows(&'a mut [&'b mut [f32]]),
+}
+
+impl Out<'_, '_> {
+    /// Results of activation row `q`, from the tile's first weight row on.
+    fn row(&mut self, q: usize) -> &mut [f32] {
+        match self {
+            Out::Strided(buf, ldo) => &mut buf[q * *ldo..],
+            Out::Rows(rows) => &mut rows[q][..],
+        }
+    }
+
+    /// Runs a tile that writes `o[q·ldo + c]` (`n_i` activation rows × `n_r`
+    /// weight rows), through a local buffer where the destination is not strided.
+    fn strided(&mut self, n_r: usize, n_i: usize, f: impl FnOnce(&mut [f32], usize)) {
+        match self {
+            Out::Strided(buf, ldo) => f(buf, *ldo),
+            Out::Rows(rows) => {
+                let mut buf = vec![0f32; n_i * n_r];
+                f(&mut buf, n_r);
+                for (d, o) in rows.iter_mut().zip(buf.chunks_exact(n_r)) {
+                    d.copy_from_slice(o);
+                }
+            }
+        }
+    }
+}
 
 /// One unit of parallel work writing a disjoint part of an output.
 struct Job<'a> {
@@ -199,7 +232,7 @@ fn run(rows: &[usize], cols: usize, n: usize, ys: &mut [&mut [f32]], tile: &Tile
     let threads = rayon::current_num_threads();
     if threads <= 1 || work < MIN_PARALLEL_WORK {
         for (j, y) in ys.iter_mut().enumerate() {
-            tile(j, 0..rows[j], 0..n, y, rows[j]);
+            tile(j, 0..rows[j], 0..n, &mut Out::Strided(y, rows[j]));
         }
         return;
     }
@@ -237,8 +270,8 @@ fn run(rows: &[usize], cols: usize, n: usize, ys: &mut [&mut [f32]], tile: &Tile
             }
         }
     } else {
-        // A few activation rows: split the weight rows; each task fills a local
-        // [n × chunk] block and copies it into its own slice of every row of y.
+        // A few activation rows: split the weight rows; each task writes its own
+        // slice of every row of y.
         let per = total_rows.div_ceil(max_tasks).next_multiple_of(ROW_SPLIT);
         let mut pieces: Vec<(usize, Range, Vec<&mut [f32]>)> = Vec::new();
         for (j, y) in ys.iter_mut().enumerate() {
@@ -255,18 +288,13 @@ fn run(rows: &[usize], cols: usize, n: usize, ys: &mut [&mut [f32]], tile: &Tile
             }
         }
         pieces.into_par_iter().for_each(|(j, r, mut dst)| {
-            let len = r.len();
-            let mut out = vec![0f32; n * len];
-            tile(j, r, 0..n, &mut out, len);
-            for (d, o) in dst.iter_mut().zip(out.chunks_exact(len)) {
-                d.copy_from_slice(o);
-            }
+            tile(j, r, 0..n, &mut Out::Rows(&mut dst));
         });
         return;
     }
     jobs.into_par_iter()
         .with_max_len(1)
-        .for_each(|job| tile(job.j, job.r, job.i, job.out, job.ldo));
+        .for_each(|job| tile(job.j, job.r, job.i, &mut Out::Strided(job.out, job.ldo)));
 }
 
 fn int_tile(
@@ -342,8 +370,7 @@ fn packed_tile(
     acts: &QActs,
     r: Range,
     i: Range,
-    out: &mut [f32],
-    ldo: usize,
+    out: &mut Out<'_, '_>,
 ) {
     debug_assert!(r.start.is_multiple_of(GROUP));
     let group_bytes = GROUP * m.row_bytes();
@@ -360,8 +387,8 @@ fn packed_tile(
                 let row0 = g * GROUP;
                 let lanes = (r.end - row0).min(GROUP);
                 for (q, res) in res.iter().enumerate() {
-                    let o = (4 * q0 + q) * ldo + row0 - r.start;
-                    out[o..o + lanes].copy_from_slice(&res[..lanes]);
+                    let c = row0 - r.start;
+                    out.row(4 * q0 + q)[c..c + lanes].copy_from_slice(&res[..lanes]);
                 }
             }
         }
