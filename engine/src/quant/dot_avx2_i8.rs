@@ -1,5 +1,5 @@
-//! AVX2 kernels for the interleaved layout (`interleave`): one group of eight
-//! weight rows against one to four activation rows.
+//! AVX2 kernels for the interleaved layout (`interleave`): consecutive groups of
+//! eight weight rows against one to four activation rows.
 //!
 //! Per block and activation row: eight `maddubs` of a weight vector (four quants
 //! of each of the eight rows) with four activation bytes broadcast to every lane,
@@ -9,10 +9,10 @@
 //! dot product of row r, so nothing is reduced horizontally. The float operations
 //! per (row, activation row) are exactly those of `interleave::dot_portable`.
 //!
-//! Safety: the entry points assert that the group holds every block they read
-//! (`group.len() ≥ nb · 8 · block_bytes`), that every activation row has `nb`
-//! blocks, and that `out` has a slot per activation row; they are only handed out
-//! by [`kernel`] after the CPU features were detected.
+//! Safety: the entry points assert that `groups` holds whole groups of `nb`
+//! blocks (`nb · 8 · block_bytes` bytes each), that every activation row has `nb`
+//! blocks, and that `out` has a slot per group and activation row; they are only
+//! handed out by [`kernel`] after the CPU features were detected.
 
 use std::arch::x86_64::*;
 
@@ -33,52 +33,55 @@ pub fn kernel(dtype: DType) -> Option<GroupFn> {
     })
 }
 
-/// Checks the bounds every kernel relies on; returns the number of blocks.
+/// Checks the bounds every kernel relies on; returns the number of blocks per
+/// row and of groups.
 fn checked_blocks(
-    group: &[u8],
+    groups: &[u8],
     block_bytes: usize,
     acts: &[ActRow<'_>],
     out: &[[f32; GROUP]],
-) -> usize {
+) -> (usize, usize) {
     assert!(super::dot_avx2::available());
-    assert!(acts.len() <= 4 && out.len() >= acts.len());
+    assert!(acts.len() <= 4);
     let nb = acts.first().map_or(0, |a| a.nb());
-    assert!(group.len() >= nb * GROUP * block_bytes);
     for a in acts {
-        assert!(a.nb() == nb && a.qs.len() >= 32 * nb);
+        assert!(a.nb() == nb && a.qs.len() >= 32 * nb && a.ds.len() >= 2 * nb);
     }
-    nb
+    let group_bytes = nb * GROUP * block_bytes;
+    let ng = groups.len().checked_div(group_bytes).unwrap_or(0);
+    assert!(ng * group_bytes == groups.len() && out.len() >= ng * acts.len());
+    (nb, ng)
 }
 
 /// Calls `$f::<N, ..>` with N = the number of activation rows (1..=4).
 macro_rules! by_rows {
-    ($f:ident $(, $c:expr)*; $g:expr, $nb:expr, $a:expr, $o:expr) => {
+    ($f:ident $(, $c:expr)*; $g:expr, $nb:expr, $ng:expr, $a:expr, $o:expr) => {
         // SAFETY: bounds checked by `checked_blocks`, CPU features by `kernel`.
         unsafe {
             match $a.len() {
-                1 => $f::<1 $(, $c)*>($g, $nb, $a, $o),
-                2 => $f::<2 $(, $c)*>($g, $nb, $a, $o),
-                3 => $f::<3 $(, $c)*>($g, $nb, $a, $o),
-                4 => $f::<4 $(, $c)*>($g, $nb, $a, $o),
+                1 => $f::<1 $(, $c)*>($g, $nb, $ng, $a, $o),
+                2 => $f::<2 $(, $c)*>($g, $nb, $ng, $a, $o),
+                3 => $f::<3 $(, $c)*>($g, $nb, $ng, $a, $o),
+                4 => $f::<4 $(, $c)*>($g, $nb, $ng, $a, $o),
                 _ => {}
             }
         }
     };
 }
 
-fn q4_0(group: &[u8], acts: &[ActRow<'_>], out: &mut [[f32; GROUP]]) {
-    let nb = checked_blocks(group, 18, acts, out);
-    by_rows!(q4, false; group, nb, acts, out);
+fn q4_0(groups: &[u8], acts: &[ActRow<'_>], out: &mut [[f32; GROUP]]) {
+    let (nb, ng) = checked_blocks(groups, 18, acts, out);
+    by_rows!(q4, false; groups, nb, ng, acts, out);
 }
 
-fn q4_1(group: &[u8], acts: &[ActRow<'_>], out: &mut [[f32; GROUP]]) {
-    let nb = checked_blocks(group, 20, acts, out);
-    by_rows!(q4, true; group, nb, acts, out);
+fn q4_1(groups: &[u8], acts: &[ActRow<'_>], out: &mut [[f32; GROUP]]) {
+    let (nb, ng) = checked_blocks(groups, 20, acts, out);
+    by_rows!(q4, true; groups, nb, ng, acts, out);
 }
 
-fn q8_0(group: &[u8], acts: &[ActRow<'_>], out: &mut [[f32; GROUP]]) {
-    let nb = checked_blocks(group, 34, acts, out);
-    by_rows!(q8; group, nb, acts, out);
+fn q8_0(groups: &[u8], acts: &[ActRow<'_>], out: &mut [[f32; GROUP]]) {
+    let (nb, ng) = checked_blocks(groups, 34, acts, out);
+    by_rows!(q8; groups, nb, ng, acts, out);
 }
 
 /// Four activation bytes at `p`, broadcast to every 32-bit lane.
@@ -88,11 +91,13 @@ unsafe fn bcast4(p: *const i8) -> __m256i {
     _mm256_set1_epi32(unsafe { (p as *const i32).read_unaligned() })
 }
 
-/// Q4_0 (`HAS_M` false: offset −8·d) and Q4_1 (`HAS_M`: f16 `m` per row).
+/// Q4_0 (`HAS_M` false: offset −8·d) and Q4_1 (`HAS_M`: f16 `m` per row);
+/// `ng` groups of `nb` blocks, `out[g·N + i]`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4<const N: usize, const HAS_M: bool>(
-    group: &[u8],
+    groups: &[u8],
     nb: usize,
+    ng: usize,
     acts: &[ActRow<'_>],
     out: &mut [[f32; GROUP]],
 ) {
@@ -101,42 +106,46 @@ unsafe fn q4<const N: usize, const HAS_M: bool>(
     let ones = _mm256_set1_epi16(1);
     let qp: [*const i8; N] = std::array::from_fn(|i| acts[i].qs.as_ptr());
     let dp: [*const f32; N] = std::array::from_fn(|i| acts[i].ds.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); N];
-    for b in 0..nb {
-        // SAFETY: block b of the group and of every activation row is in bounds
-        // (checked by the caller).
-        unsafe {
-            let p = group.as_ptr().add(b * GROUP * bb);
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-            let mw = if HAS_M {
-                _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i))
-            } else {
-                _mm256_mul_ps(dw, _mm256_set1_ps(-8.0))
-            };
-            let qs = p.add(16 * fields);
-            let mut s16 = [_mm256_setzero_si256(); N];
-            for t in 0..4 {
-                let v = _mm256_loadu_si256(qs.add(32 * t) as *const __m256i);
-                let lo = _mm256_and_si256(v, mask);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+    for g in 0..ng {
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..nb {
+            // SAFETY: block b of group g and of every activation row is in bounds
+            // (checked by the caller).
+            unsafe {
+                let p = groups.as_ptr().add((g * nb + b) * GROUP * bb);
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+                let mw = if HAS_M {
+                    _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i))
+                } else {
+                    _mm256_mul_ps(dw, _mm256_set1_ps(-8.0))
+                };
+                let qs = p.add(16 * fields);
+                let mut s16 = [_mm256_setzero_si256(); N];
+                for t in 0..4 {
+                    let v = _mm256_loadu_si256(qs.add(32 * t) as *const __m256i);
+                    let lo = _mm256_and_si256(v, mask);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+                    for i in 0..N {
+                        let a = qp[i].add(32 * b + 4 * t);
+                        let al = _mm256_maddubs_epi16(lo, bcast4(a));
+                        let ah = _mm256_maddubs_epi16(hi, bcast4(a.add(16)));
+                        s16[i] = _mm256_add_epi16(s16[i], al);
+                        s16[i] = _mm256_add_epi16(s16[i], ah);
+                    }
+                }
                 for i in 0..N {
-                    let a = qp[i].add(32 * b + 4 * t);
-                    s16[i] = _mm256_add_epi16(s16[i], _mm256_maddubs_epi16(lo, bcast4(a)));
-                    s16[i] = _mm256_add_epi16(s16[i], _mm256_maddubs_epi16(hi, bcast4(a.add(16))));
+                    let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[i], ones));
+                    let da = _mm256_broadcast_ss(&*dp[i].add(2 * b));
+                    let s = _mm256_broadcast_ss(&*dp[i].add(2 * b + 1));
+                    acc[i] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw, da), acc[i]);
+                    acc[i] = _mm256_fmadd_ps(mw, s, acc[i]);
                 }
             }
-            for i in 0..N {
-                let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[i], ones));
-                let da = _mm256_broadcast_ss(&*dp[i].add(2 * b));
-                let s = _mm256_broadcast_ss(&*dp[i].add(2 * b + 1));
-                acc[i] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw, da), acc[i]);
-                acc[i] = _mm256_fmadd_ps(mw, s, acc[i]);
-            }
         }
-    }
-    for i in 0..N {
-        // SAFETY: out[i] holds GROUP floats.
-        unsafe { _mm256_storeu_ps(out[i].as_mut_ptr(), acc[i]) };
+        for i in 0..N {
+            // SAFETY: out[g·N + i] exists (checked by the caller), GROUP floats.
+            unsafe { _mm256_storeu_ps(out[g * N + i].as_mut_ptr(), acc[i]) };
+        }
     }
 }
 
@@ -144,8 +153,9 @@ unsafe fn q4<const N: usize, const HAS_M: bool>(
 /// and is widened to 32 bits at once (two pairs could overflow 16 bits).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8<const N: usize>(
-    group: &[u8],
+    groups: &[u8],
     nb: usize,
+    ng: usize,
     acts: &[ActRow<'_>],
     out: &mut [[f32; GROUP]],
 ) {
@@ -153,32 +163,34 @@ unsafe fn q8<const N: usize>(
     let ones = _mm256_set1_epi16(1);
     let qp: [*const i8; N] = std::array::from_fn(|i| acts[i].qs.as_ptr());
     let dp: [*const f32; N] = std::array::from_fn(|i| acts[i].ds.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); N];
-    for b in 0..nb {
-        // SAFETY: as in `q4`.
-        unsafe {
-            let p = group.as_ptr().add(b * GROUP * bb);
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-            let qs = p.add(16);
-            let mut s32 = [_mm256_setzero_si256(); N];
-            for j in 0..8 {
-                let v = _mm256_loadu_si256(qs.add(32 * j) as *const __m256i);
-                let u = _mm256_sign_epi8(v, v);
+    for g in 0..ng {
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..nb {
+            // SAFETY: as in `q4`.
+            unsafe {
+                let p = groups.as_ptr().add((g * nb + b) * GROUP * bb);
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+                let qs = p.add(16);
+                let mut s32 = [_mm256_setzero_si256(); N];
+                for j in 0..8 {
+                    let v = _mm256_loadu_si256(qs.add(32 * j) as *const __m256i);
+                    let u = _mm256_sign_epi8(v, v);
+                    for i in 0..N {
+                        let a = _mm256_sign_epi8(bcast4(qp[i].add(32 * b + 4 * j)), v);
+                        let pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), ones);
+                        s32[i] = _mm256_add_epi32(s32[i], pairs);
+                    }
+                }
                 for i in 0..N {
-                    let a = _mm256_sign_epi8(bcast4(qp[i].add(32 * b + 4 * j)), v);
-                    let pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), ones);
-                    s32[i] = _mm256_add_epi32(s32[i], pairs);
+                    let f = _mm256_cvtepi32_ps(s32[i]);
+                    let da = _mm256_broadcast_ss(&*dp[i].add(2 * b));
+                    acc[i] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw, da), acc[i]);
                 }
             }
-            for i in 0..N {
-                let f = _mm256_cvtepi32_ps(s32[i]);
-                let da = _mm256_broadcast_ss(&*dp[i].add(2 * b));
-                acc[i] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw, da), acc[i]);
-            }
         }
-    }
-    for i in 0..N {
-        // SAFETY: out[i] holds GROUP floats.
-        unsafe { _mm256_storeu_ps(out[i].as_mut_ptr(), acc[i]) };
+        for i in 0..N {
+            // SAFETY: as in `q4`.
+            unsafe { _mm256_storeu_ps(out[g * N + i].as_mut_ptr(), acc[i]) };
+        }
     }
 }

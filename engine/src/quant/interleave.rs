@@ -107,8 +107,9 @@ pub fn row_bytes_of(dtype: DType, data: &[u8], row: usize, row_bytes: usize, out
     }
 }
 
-/// A group kernel: one group's bytes (`8 · row_bytes`) against up to four
-/// activation rows; `out[q][r]` = row r of the group · activation row q.
+/// A group kernel: consecutive whole groups (`8 · row_bytes` bytes each) against
+/// up to four activation rows; `out[g·n + q][r]` = row r of group g · activation
+/// row q (n activation rows).
 pub type GroupFn = fn(&[u8], &[ActRow<'_>], &mut [[f32; GROUP]]);
 
 /// The best group kernel for `dtype` on this CPU.
@@ -131,8 +132,26 @@ pub fn portable_kernel(dtype: DType) -> GroupFn {
 }
 
 /// Scalar reference of every interleaved kernel (see the module header).
-fn dot_portable(dtype: DType, group: &[u8], acts: &[ActRow<'_>], out: &mut [[f32; GROUP]]) {
+fn dot_portable(dtype: DType, groups: &[u8], acts: &[ActRow<'_>], out: &mut [[f32; GROUP]]) {
+    let Some(first) = acts.first() else { return };
     let (fields, qbytes) = shape(dtype);
+    let bb = dtype.block_bytes();
+    let group_bytes = (GROUP * bb * first.nb()).max(1);
+    let outs = out.chunks_exact_mut(acts.len());
+    for (group, out) in groups.chunks_exact(group_bytes).zip(outs) {
+        dot_group(dtype, fields, qbytes, group, acts, out);
+    }
+}
+
+/// [`dot_portable`] for one group.
+fn dot_group(
+    dtype: DType,
+    fields: usize,
+    qbytes: usize,
+    group: &[u8],
+    acts: &[ActRow<'_>],
+    out: &mut [[f32; GROUP]],
+) {
     let bb = dtype.block_bytes();
     for (a, o) in acts.iter().zip(out.iter_mut()) {
         for (lane, o) in o.iter_mut().enumerate() {

@@ -107,11 +107,9 @@ pub fn matmul(m: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
     }
     match int_kernel(m.dtype) {
         Some(k) => matmul_int(m, &k, x, n, y),
-        None if !m.dtype.is_quantized() => {
-            run(&[m.rows], m.cols, n, &mut [y], &|_, r, i, out| {
-                out.strided(r.len(), i.len(), |o, ldo| float_tile(m, x, r, i, o, ldo))
-            })
-        }
+        None if !m.dtype.is_quantized() => run(&[m.rows], m.cols, n, &mut [y], &|_, r, i, out| {
+            out.strided(r.len(), i.len(), |o, ldo| float_tile(m, x, r, i, o, ldo))
+        }),
         None => matmul_exact(m, x, n, y),
     }
 }
@@ -124,7 +122,9 @@ pub fn matmul_int(m: &QMatrix, k: &IntKernel, x: &[f32], n: usize, y: &mut [f32]
     }
     let acts = QActs::quantize(x, m.cols, k.block);
     run(&[m.rows], m.cols, n, &mut [y], &|_, r, i, out| {
-        out.strided(r.len(), i.len(), |o, ldo| int_tile(m, k, &acts, r, i, o, ldo))
+        out.strided(r.len(), i.len(), |o, ldo| {
+            int_tile(m, k, &acts, r, i, o, ldo)
+        })
     });
 }
 
@@ -159,7 +159,9 @@ pub fn matmul_many(ms: &[&QMatrix], x: &[f32], n: usize, ys: &mut [&mut [f32]]) 
             let acts = QActs::quantize(x, first.cols, k.block);
             let rows: Vec<usize> = ms.iter().map(|m| m.rows).collect();
             run(&rows, first.cols, n, ys, &|j, r, i, out| {
-                out.strided(r.len(), i.len(), |o, ldo| int_tile(ms[j], &k, &acts, r, i, o, ldo))
+                out.strided(r.len(), i.len(), |o, ldo| {
+                    int_tile(ms[j], &k, &acts, r, i, o, ldo)
+                })
             });
         }
         _ => {
@@ -376,18 +378,21 @@ fn packed_tile(
     let group_bytes = GROUP * m.row_bytes();
     let bytes = m.data.bytes();
     let act_rows: Vec<ActRow<'_>> = i.clone().map(|ii| acts.row(ii)).collect();
-    let mut res = [[0f32; GROUP]; 4];
+    let mut res = [[0f32; GROUP]; 4 * TILE_GROUPS];
     let groups = r.start / GROUP..r.end.div_ceil(GROUP);
     for tile in groups.clone().step_by(TILE_GROUPS) {
         let tile = tile..(tile + TILE_GROUPS).min(groups.end);
         for (q0, a4) in act_rows.chunks(4).enumerate() {
-            for g in tile.clone() {
-                let res = &mut res[..a4.len()];
-                kern(&bytes[g * group_bytes..(g + 1) * group_bytes], a4, res);
-                let row0 = g * GROUP;
-                let lanes = (r.end - row0).min(GROUP);
+            let res = &mut res[..tile.len() * a4.len()];
+            kern(
+                &bytes[tile.start * group_bytes..tile.end * group_bytes],
+                a4,
+                res,
+            );
+            for (g, res) in tile.clone().zip(res.chunks_exact(a4.len())) {
+                let c = g * GROUP - r.start;
+                let lanes = (r.end - g * GROUP).min(GROUP);
                 for (q, res) in res.iter().enumerate() {
-                    let c = row0 - r.start;
                     out.row(4 * q0 + q)[c..c + lanes].copy_from_slice(&res[..lanes]);
                 }
             }

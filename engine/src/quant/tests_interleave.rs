@@ -45,18 +45,20 @@ fn interleave_round_trips_every_row() {
     }
 }
 
-/// Raw group bytes with every quant byte and scale random (so Q8_0 quants hit
+/// Raw bytes of three groups with every quant byte and scale random (so Q8_0 quants hit
 /// −128 and Q4 nibbles hit 0 and 15), activations at the ±127 extremes.
 #[test]
 fn simd_group_kernels_match_portable_bitwise() {
     let mut rng = Rng::new(32);
     for dtype in TYPES {
-        let nb = 5;
+        let (nb, ng) = (5, 3);
         let bb = dtype.block_bytes();
-        let mut group: Vec<u8> = (0..GROUP * nb * bb).map(|_| rng.next_u64() as u8).collect();
+        let mut group: Vec<u8> = (0..ng * GROUP * nb * bb)
+            .map(|_| rng.next_u64() as u8)
+            .collect();
         // Scales: finite f16 in a sane range (|d| < 2, normal numbers).
         let fields = if dtype == DType::Q4_1 { 2 } else { 1 };
-        for b in 0..nb {
+        for b in 0..ng * nb {
             for k in 0..GROUP * fields {
                 let v = rng.f32() * 2.0;
                 let h = super::blocks::f16_bytes(v);
@@ -69,8 +71,8 @@ fn simd_group_kernels_match_portable_bitwise() {
             x[n * 32 * nb - 1] = -40.0;
             let acts = QActs::quantize(&x, 32 * nb, 32);
             let rows: Vec<_> = (0..n).map(|i| acts.row(i)).collect();
-            let mut fast = vec![[f32::NAN; GROUP]; n];
-            let mut port = vec![[f32::NAN; GROUP]; n];
+            let mut fast = vec![[f32::NAN; GROUP]; ng * n];
+            let mut port = vec![[f32::NAN; GROUP]; ng * n];
             interleave::kernel(dtype)(&group, &rows, &mut fast);
             interleave::portable_kernel(dtype)(&group, &rows, &mut port);
             for (q, (f, p)) in fast.iter().zip(&port).enumerate() {

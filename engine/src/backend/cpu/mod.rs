@@ -141,12 +141,16 @@ impl Backend for CpuBackend {
     }
 
     fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>) {
+        let avx2 = attention::has_avx2_fma();
         gate.par_chunks_mut(4096)
             .zip(up.par_chunks(4096))
             .for_each(|(g, u)| {
-                for (a, b) in g.iter_mut().zip(u) {
-                    *a = ops::silu(*a) * b;
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    // SAFETY: AVX2 and FMA were detected just above.
+                    return unsafe { silu_mul_avx2(g, u) };
                 }
+                silu_mul_slice(g, u);
             });
     }
 
@@ -259,4 +263,23 @@ impl Backend for CpuBackend {
         dst.copy_from_slice(data);
         Ok(())
     }
+}
+
+/// `g = silu(g) · u`, element by element.
+#[inline(always)]
+fn silu_mul_slice(g: &mut [f32], u: &[f32]) {
+    for (a, b) in g.iter_mut().zip(u) {
+        *a = ops::silu(*a) * b;
+    }
+}
+
+/// [`silu_mul_slice`] compiled for AVX2 (8 lanes instead of SSE's 4). Element-wise
+/// code without FMA contraction: bitwise the same results.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_mul_avx2(g: &mut [f32], u: &[f32]) {
+    silu_mul_slice(g, u)
 }
