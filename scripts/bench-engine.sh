@@ -31,15 +31,17 @@ bash scripts/bench-llamacpp.sh --repeats "$REPEATS" >"$OUT/llamacpp.json"
 
 run() { # name kv_mb args...
     local name="$1" kv="$2"; shift 2
-    for i in $(seq "$REPEATS"); do
-        RAYON_NUM_THREADS=2 "$BIN" bench-engine --model "$MODEL" --kv-cache-mb "$kv" --json "$@" \
-            >>"$OUT/$name.jsonl"
-    done
+    RAYON_NUM_THREADS=2 "$BIN" bench-engine --model "$MODEL" --kv-cache-mb "$kv" --json "$@" \
+        >>"$OUT/$name.jsonl"
 }
 echo "== pdserve" >&2
-run decode "$KV_MB" --batch 1 --prompt-len 16 --gen-len 128
-run prefill "$KV_MB" --batch 1 --prompt-len 512 --gen-len 2
-run batch16 "$KV_MB_BATCH16" --batch 16 --prompt-len 16 --gen-len 128
+# Rounds of the three runs, so that batch 1 and batch 16 (whose ratio is a goal)
+# see the same machine conditions.
+for i in $(seq "$REPEATS"); do
+    run decode "$KV_MB" --batch 1 --prompt-len 16 --gen-len 128
+    run prefill "$KV_MB" --batch 1 --prompt-len 512 --gen-len 2
+    run batch16 "$KV_MB_BATCH16" --batch 16 --prompt-len 16 --gen-len 128
+done
 
 python3 - "$OUT" "$MODEL" "$KV_MB" "$KV_MB_BATCH16" <<'PY'
 import json, os, sys

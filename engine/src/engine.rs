@@ -139,7 +139,16 @@ impl Engine {
     /// Builds an engine on `config.device`.
     pub fn new(model: LoadedModel, config: EngineConfig) -> Result<Engine> {
         let runner = Self::model_runner(&model, &config)?;
-        Self::with_runner(runner, model.tokenizer, model.name, config)
+        let LoadedModel {
+            name,
+            tokenizer,
+            weights,
+            ..
+        } = model;
+        // The runner holds its own copy of every weight it needs now.
+        drop(weights);
+        crate::backend::cpu::return_freed_memory();
+        Self::with_runner(runner, tokenizer, name, config)
     }
 
     /// The model on `config.device` with a KV pool sized by `config`: what

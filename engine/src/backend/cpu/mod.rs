@@ -283,3 +283,16 @@ fn silu_mul_slice(g: &mut [f32], u: &[f32]) {
 unsafe fn silu_mul_avx2(g: &mut [f32], u: &[f32]) {
     silu_mul_slice(g, u)
 }
+
+/// Hands the heap's free pages back to the kernel (glibc `malloc_trim`): after a
+/// model is loaded, the load's transient buffers (un-permuted q/k copies, parse
+/// tables) sit freed but resident in the middle of the heap, where plain `free`
+/// cannot return them. A no-op elsewhere.
+pub fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only releases memory that is free in the allocator's
+    // own arenas; it takes no pointers and is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
