@@ -181,6 +181,7 @@ impl HeadTask<'_> {
         // Decode rows take the faster route (AVX is only ever true on x86-64).
         #[cfg(target_arch = "x86_64")]
         if AVX && s.len == 1 {
+            self.prefetch_kv(ctx);
             let mut scores = vec![0f32; nh * ctx];
             let qi = &self.q[s.row_start * q_dim + h0 * hd..][..nh * hd];
             for (h, row) in scores.chunks_exact_mut(ctx).enumerate() {
@@ -248,6 +249,32 @@ impl HeadTask<'_> {
             });
         }
         res
+    }
+
+    /// Asks for this task's keys and values of the first `ctx` positions to be
+    /// brought into the cache (a decode row's whole KV is read once, straight
+    /// from memory: issuing every line up front overlaps the misses instead of
+    /// taking them one block at a time). Only a hint: no result depends on it.
+    #[cfg(target_arch = "x86_64")]
+    fn prefetch_kv(&self, ctx: usize) {
+        let l = &self.kv.layout;
+        let (bs, kv_dim, hd) = (l.block_size, l.kv_dim(), l.head_dim);
+        let (start, len) = (self.kv_heads.start * hd, self.kv_heads.len() * hd);
+        const LINE: usize = 16; // f32 per 64-byte cache line
+        for b in 0..ctx.div_ceil(bs) {
+            let n = (ctx - b * bs).min(bs);
+            for values in [false, true] {
+                let slab = l.slab_offset(self.seq.block_table[b].0 as usize, self.layer, values);
+                for j in 0..n {
+                    let row = &self.kv.data[slab + j * kv_dim + start..][..len];
+                    for line in row.chunks(LINE) {
+                        // SAFETY: a prefetch only hints the cache; the address is
+                        // inside `row` (a live slice).
+                        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr() as *const i8) };
+                    }
+                }
+            }
+        }
     }
 
     /// `out[t] = (q · K[t][kv_head]) · scale` for every key of the sequence, four
