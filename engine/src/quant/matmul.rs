@@ -1,6 +1,9 @@
 //! The threaded matmul driver: `y[n×rows] = x[n×cols]·Wᵀ`.
 //!
-//! Three paths:
+//! Four paths:
+//! - interleaved: a matrix in the CPU backend's eight-row layout (`interleave`)
+//!   quantizes `x` once and runs its type's group kernel, four activation rows per
+//!   call, for every n — one kernel per type, so no row's result depends on n;
 //! - integer: weight types with an 8-bit kernel (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
 //!   Q5_K, Q6_K) quantize `x` once ([`QActs`]) and run integer block dot products,
 //!   eight (or four) activation rows per weight row so that each weight block is
@@ -393,7 +396,12 @@ fn packed_tile(
                 let c = g * GROUP - r.start;
                 let lanes = (r.end - g * GROUP).min(GROUP);
                 for (q, res) in res.iter().enumerate() {
-                    out.row(4 * q0 + q)[c..c + lanes].copy_from_slice(&res[..lanes]);
+                    let dst = &mut out.row(4 * q0 + q)[c..c + lanes];
+                    match <&mut [f32; GROUP]>::try_from(&mut *dst) {
+                        // A whole group: a fixed-size copy (no memmove call).
+                        Ok(dst) => *dst = *res,
+                        Err(_) => dst.copy_from_slice(&res[..lanes]),
+                    }
                 }
             }
         }

@@ -8,8 +8,9 @@
 //! `y[n×rows] = x[n×cols] · Wᵀ`, exactly like a PyTorch `nn.Linear` weight.
 //!
 //! Invariants of a [`QMatrix`] (checked by [`QMatrix::new`]): `cols` is a multiple of
-//! the type's block length, `data` holds exactly `rows × row_bytes()` bytes, and F32
-//! data is 4-byte aligned (so it can be viewed as `&[f32]`).
+//! the type's block length, `data` holds exactly `rows × row_bytes()` bytes (an
+//! interleaved matrix, [`Layout::Interleaved8`], its rows padded with zero rows to a
+//! multiple of 8), and F32 data is 4-byte aligned (so it can be viewed as `&[f32]`).
 //!
 //! Submodules: `blocks` (GGML block layouts), `dequant` (block → f32), `quantize`
 //! (reference f32 → block quantizers), `act` (8-bit activation quantization),

@@ -51,6 +51,14 @@ pub const BLOCK: usize = 256;
 /// maximum and `t > 0`, so every argument is `<= 0` (`-inf` gives 0). Vectorises.
 #[inline]
 pub fn exp_shifted_into(block: &[f32], max: f32, t: f32, out: &mut [f32]) {
+    if t == 1.0 {
+        // Dividing by 1 is exact: the same values without a division per entry
+        // (the log-sum-exp of every sampled token's logprob takes this path).
+        for (v, &x) in out.iter_mut().zip(block) {
+            *v = exp_nonpos(x - max);
+        }
+        return;
+    }
     for (v, &x) in out.iter_mut().zip(block) {
         *v = exp_nonpos((x - max) / t);
     }
