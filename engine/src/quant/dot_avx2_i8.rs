@@ -91,6 +91,42 @@ unsafe fn bcast4(p: *const i8) -> __m256i {
     _mm256_set1_epi32(unsafe { (p as *const i32).read_unaligned() })
 }
 
+/// The loop every kernel shares: for each of `ng` groups, `block(p, b, dw, acc)`
+/// for its blocks b in order (`p` the block's bytes, `dw` its eight rows' f16
+/// scales, `acc` the group's accumulators, one per activation row), then the
+/// accumulators stored at `out[g·N..g·N + N]`. Inlined into each kernel (and so
+/// compiled with its target features).
+///
+/// # Safety
+/// `groups` holds `ng` groups of `nb` blocks of `block_bytes` (times 8) bytes and
+/// `out` at least `ng · N` slots (checked by `checked_blocks`); AVX2 + F16C.
+#[inline(always)]
+unsafe fn each_block<const N: usize>(
+    groups: &[u8],
+    nb: usize,
+    ng: usize,
+    block_bytes: usize,
+    out: &mut [[f32; GROUP]],
+    mut block: impl FnMut(*const u8, usize, __m256, &mut [__m256; N]),
+) {
+    for g in 0..ng {
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..nb {
+            // SAFETY: block b of group g is in bounds (the caller's contract); its
+            // first 16 bytes are the eight rows' f16 `d`.
+            let (p, dw) = unsafe {
+                let p = groups.as_ptr().add((g * nb + b) * GROUP * block_bytes);
+                (p, _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)))
+            };
+            block(p, b, dw, &mut acc);
+        }
+        for (i, a) in acc.iter().enumerate() {
+            // SAFETY: out[g·N + i] exists (the caller's contract), GROUP floats.
+            unsafe { _mm256_storeu_ps(out[g * N + i].as_mut_ptr(), *a) };
+        }
+    }
+}
+
 /// Q4_0 (`HAS_M` false: offset −8·d) and Q4_1 (`HAS_M`: f16 `m` per row);
 /// `ng` groups of `nb` blocks, `out[g·N + i]`.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -106,46 +142,37 @@ unsafe fn q4<const N: usize, const HAS_M: bool>(
     let ones = _mm256_set1_epi16(1);
     let qp: [*const i8; N] = std::array::from_fn(|i| acts[i].qs.as_ptr());
     let dp: [*const f32; N] = std::array::from_fn(|i| acts[i].ds.as_ptr());
-    for g in 0..ng {
-        let mut acc = [_mm256_setzero_ps(); N];
-        for b in 0..nb {
-            // SAFETY: block b of group g and of every activation row is in bounds
-            // (checked by the caller).
-            unsafe {
-                let p = groups.as_ptr().add((g * nb + b) * GROUP * bb);
-                let dw = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-                let mw = if HAS_M {
-                    _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i))
-                } else {
-                    _mm256_mul_ps(dw, _mm256_set1_ps(-8.0))
-                };
-                let qs = p.add(16 * fields);
-                let mut s16 = [_mm256_setzero_si256(); N];
-                for t in 0..4 {
-                    let v = _mm256_loadu_si256(qs.add(32 * t) as *const __m256i);
-                    let lo = _mm256_and_si256(v, mask);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
-                    for i in 0..N {
-                        let a = qp[i].add(32 * b + 4 * t);
-                        let al = _mm256_maddubs_epi16(lo, bcast4(a));
-                        let ah = _mm256_maddubs_epi16(hi, bcast4(a.add(16)));
-                        s16[i] = _mm256_add_epi16(s16[i], al);
-                        s16[i] = _mm256_add_epi16(s16[i], ah);
-                    }
-                }
+    // SAFETY: the caller's bounds (`checked_blocks`) are `each_block`'s; block b of
+    // every activation row is in bounds too.
+    unsafe {
+        each_block::<N>(groups, nb, ng, bb, out, |p, b, dw, acc| {
+            let mw = if HAS_M {
+                _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i))
+            } else {
+                _mm256_mul_ps(dw, _mm256_set1_ps(-8.0))
+            };
+            let qs = p.add(16 * fields);
+            let mut s16 = [_mm256_setzero_si256(); N];
+            for t in 0..4 {
+                let v = _mm256_loadu_si256(qs.add(32 * t) as *const __m256i);
+                let lo = _mm256_and_si256(v, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
                 for i in 0..N {
-                    let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[i], ones));
-                    let da = _mm256_broadcast_ss(&*dp[i].add(2 * b));
-                    let s = _mm256_broadcast_ss(&*dp[i].add(2 * b + 1));
-                    acc[i] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw, da), acc[i]);
-                    acc[i] = _mm256_fmadd_ps(mw, s, acc[i]);
+                    let a = qp[i].add(32 * b + 4 * t);
+                    let al = _mm256_maddubs_epi16(lo, bcast4(a));
+                    let ah = _mm256_maddubs_epi16(hi, bcast4(a.add(16)));
+                    s16[i] = _mm256_add_epi16(s16[i], al);
+                    s16[i] = _mm256_add_epi16(s16[i], ah);
                 }
             }
-        }
-        for i in 0..N {
-            // SAFETY: out[g·N + i] exists (checked by the caller), GROUP floats.
-            unsafe { _mm256_storeu_ps(out[g * N + i].as_mut_ptr(), acc[i]) };
-        }
+            for i in 0..N {
+                let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[i], ones));
+                let da = _mm256_broadcast_ss(&*dp[i].add(2 * b));
+                let s = _mm256_broadcast_ss(&*dp[i].add(2 * b + 1));
+                acc[i] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw, da), acc[i]);
+                acc[i] = _mm256_fmadd_ps(mw, s, acc[i]);
+            }
+        })
     }
 }
 
@@ -159,38 +186,28 @@ unsafe fn q8<const N: usize>(
     acts: &[ActRow<'_>],
     out: &mut [[f32; GROUP]],
 ) {
-    let bb = 34;
     let ones = _mm256_set1_epi16(1);
     let qp: [*const i8; N] = std::array::from_fn(|i| acts[i].qs.as_ptr());
     let dp: [*const f32; N] = std::array::from_fn(|i| acts[i].ds.as_ptr());
-    for g in 0..ng {
-        let mut acc = [_mm256_setzero_ps(); N];
-        for b in 0..nb {
-            // SAFETY: as in `q4`.
-            unsafe {
-                let p = groups.as_ptr().add((g * nb + b) * GROUP * bb);
-                let dw = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-                let qs = p.add(16);
-                let mut s32 = [_mm256_setzero_si256(); N];
-                for j in 0..8 {
-                    let v = _mm256_loadu_si256(qs.add(32 * j) as *const __m256i);
-                    let u = _mm256_sign_epi8(v, v);
-                    for i in 0..N {
-                        let a = _mm256_sign_epi8(bcast4(qp[i].add(32 * b + 4 * j)), v);
-                        let pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), ones);
-                        s32[i] = _mm256_add_epi32(s32[i], pairs);
-                    }
-                }
+    // SAFETY: as in `q4`.
+    unsafe {
+        each_block::<N>(groups, nb, ng, 34, out, |p, b, dw, acc| {
+            let qs = p.add(16);
+            let mut s32 = [_mm256_setzero_si256(); N];
+            for j in 0..8 {
+                let v = _mm256_loadu_si256(qs.add(32 * j) as *const __m256i);
+                let u = _mm256_sign_epi8(v, v);
                 for i in 0..N {
-                    let f = _mm256_cvtepi32_ps(s32[i]);
-                    let da = _mm256_broadcast_ss(&*dp[i].add(2 * b));
-                    acc[i] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw, da), acc[i]);
+                    let a = _mm256_sign_epi8(bcast4(qp[i].add(32 * b + 4 * j)), v);
+                    let pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), ones);
+                    s32[i] = _mm256_add_epi32(s32[i], pairs);
                 }
             }
-        }
-        for i in 0..N {
-            // SAFETY: as in `q4`.
-            unsafe { _mm256_storeu_ps(out[g * N + i].as_mut_ptr(), acc[i]) };
-        }
+            for i in 0..N {
+                let f = _mm256_cvtepi32_ps(s32[i]);
+                let da = _mm256_broadcast_ss(&*dp[i].add(2 * b));
+                acc[i] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw, da), acc[i]);
+            }
+        })
     }
 }

@@ -169,11 +169,7 @@ pub fn matmul_many(ms: &[&QMatrix], x: &[f32], n: usize, ys: &mut [&mut [f32]]) 
         }
         _ => {
             for (m, y) in ms.iter().zip(ys.iter_mut()) {
-                if m.layout == Layout::Interleaved8 {
-                    matmul_many(&[m], x, n, &mut [y]);
-                } else {
-                    matmul(m, x, n, y);
-                }
+                matmul(m, x, n, y);
             }
         }
     }
