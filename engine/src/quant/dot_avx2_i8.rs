@@ -35,7 +35,7 @@ pub fn kernel(dtype: DType) -> Option<GroupFn> {
 
 /// Checks the bounds every kernel relies on; returns the number of blocks per
 /// row and of groups.
-fn checked_blocks(
+pub(super) fn checked_blocks(
     groups: &[u8],
     block_bytes: usize,
     acts: &[ActRow<'_>],
@@ -54,6 +54,7 @@ fn checked_blocks(
 }
 
 /// Calls `$f::<N, ..>` with N = the number of activation rows (1..=4).
+/// (Shared with `dot_vnni_i8`.)
 macro_rules! by_rows {
     ($f:ident $(, $c:expr)*; $g:expr, $nb:expr, $ng:expr, $a:expr, $o:expr) => {
         // SAFETY: bounds checked by `checked_blocks`, CPU features by `kernel`.
@@ -68,6 +69,7 @@ macro_rules! by_rows {
         }
     };
 }
+pub(super) use by_rows;
 
 fn q4_0(groups: &[u8], acts: &[ActRow<'_>], out: &mut [[f32; GROUP]]) {
     let (nb, ng) = checked_blocks(groups, 18, acts, out);
@@ -86,7 +88,7 @@ fn q8_0(groups: &[u8], acts: &[ActRow<'_>], out: &mut [[f32; GROUP]]) {
 
 /// Four activation bytes at `p`, broadcast to every 32-bit lane.
 #[inline(always)]
-unsafe fn bcast4(p: *const i8) -> __m256i {
+pub(super) unsafe fn bcast4(p: *const i8) -> __m256i {
     // SAFETY: the caller guarantees 4 readable bytes at `p`.
     _mm256_set1_epi32(unsafe { (p as *const i32).read_unaligned() })
 }
@@ -101,7 +103,7 @@ unsafe fn bcast4(p: *const i8) -> __m256i {
 /// `groups` holds `ng` groups of `nb` blocks of `block_bytes` (times 8) bytes and
 /// `out` at least `ng · N` slots (checked by `checked_blocks`); AVX2 + F16C.
 #[inline(always)]
-unsafe fn each_block<const N: usize>(
+pub(super) unsafe fn each_block<const N: usize>(
     groups: &[u8],
     nb: usize,
     ng: usize,

@@ -114,11 +114,21 @@ pub type GroupFn = fn(&[u8], &[ActRow<'_>], &mut [[f32; GROUP]]);
 
 /// The best group kernel for `dtype` on this CPU.
 pub fn kernel(dtype: DType) -> GroupFn {
+    simd_kernels(dtype)
+        .first()
+        .map_or_else(|| portable_kernel(dtype), |&(_, k)| k)
+}
+
+/// Every SIMD group kernel for `dtype` this CPU can run, best first, by name.
+pub fn simd_kernels(dtype: DType) -> Vec<(&'static str, GroupFn)> {
+    #[allow(unused_mut)]
+    let mut ks: Vec<(&'static str, GroupFn)> = Vec::new();
     #[cfg(target_arch = "x86_64")]
-    if let Some(k) = super::dot_avx2_i8::kernel(dtype) {
-        return k;
+    {
+        ks.extend(super::dot_vnni_i8::kernel(dtype).map(|k| ("avx512-vnni", k)));
+        ks.extend(super::dot_avx2_i8::kernel(dtype).map(|k| ("avx2", k)));
     }
-    portable_kernel(dtype)
+    ks
 }
 
 /// The scalar group kernel (the definition of the arithmetic).

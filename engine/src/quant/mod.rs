@@ -16,8 +16,8 @@
 //! (reference f32 → block quantizers), `act` (8-bit activation quantization),
 //! `dot` (scalar integer dot products), `dot_avx2` (AVX2 helpers, float dots and
 //! activation quantization), `dot_avx2_q32` / `dot_avx2_k` (AVX2 integer kernels),
-//! `float` (f32 dots), `interleave` + `dot_avx2_i8` (the CPU's eight-row
-//! interleaved layout and its kernels), `matmul` (the threaded driver).
+//! `float` (f32 dots), `interleave` + `dot_avx2_i8` / `dot_vnni_i8` (the CPU's
+//! eight-row interleaved layout and its AVX2 and AVX-512 VNNI kernels), `matmul` (the threaded driver).
 
 mod act;
 mod blocks;
@@ -31,6 +31,8 @@ mod dot_avx2_i8;
 mod dot_avx2_k;
 #[cfg(target_arch = "x86_64")]
 mod dot_avx2_q32;
+#[cfg(target_arch = "x86_64")]
+mod dot_vnni_i8;
 mod float;
 mod interleave;
 mod matmul;
