@@ -28,6 +28,7 @@ use clap::Args;
 use pdserve_cluster::protocol::KvLayoutDesc;
 use pdserve_cluster::transport::tcp::{send_blocks, KvWritten, TcpKvReceiver};
 use pdserve_cluster::transport::MemKvStore;
+use pdserve_engine::kv::pool::KvDtype;
 use pdserve_engine::{BlockId, SeqId};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
@@ -45,9 +46,10 @@ pub struct BenchKvArgs {
     pub kv_heads: u32,
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub head_dim: u32,
-    /// Bytes per KV element (4: f32, 2: bf16).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=8))]
-    pub elem_bytes: u32,
+    /// KV element type: f32 (the default, as the recorded figures used), f16
+    /// (the CPU engine's default) or bf16 (CUDA).
+    #[arg(long, default_value = "f32", value_parser = parse_kv_dtype)]
+    pub dtype: KvDtype,
     /// Tokens per KV block.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub block_size: u32,
@@ -68,6 +70,11 @@ pub struct BenchKvArgs {
     pub serve_receiver: bool,
 }
 
+/// `--dtype`: f32, f16 or bf16.
+fn parse_kv_dtype(s: &str) -> Result<KvDtype, String> {
+    KvDtype::parse(s).ok_or_else(|| format!("`{s}` is not one of f32, f16, bf16"))
+}
+
 impl BenchKvArgs {
     fn layout(&self) -> KvLayoutDesc {
         KvLayoutDesc {
@@ -75,7 +82,7 @@ impl BenchKvArgs {
             block_size: self.block_size,
             num_kv_heads: self.kv_heads,
             head_dim: self.head_dim,
-            elem_bytes: self.elem_bytes,
+            dtype: self.dtype,
         }
     }
     fn num_blocks(&self) -> usize {
@@ -95,7 +102,7 @@ impl BenchKvArgs {
             f("layers", self.layers),
             f("kv-heads", self.kv_heads),
             f("head-dim", self.head_dim),
-            f("elem-bytes", self.elem_bytes),
+            ["--dtype".into(), self.dtype.to_string()],
             f("block-size", self.block_size),
         ]
         .concat()
@@ -186,7 +193,7 @@ pub fn run(args: &BenchKvArgs) -> Result<()> {
         args.layers,
         args.kv_heads,
         args.head_dim,
-        args.elem_bytes,
+        args.dtype.bytes(),
         args.block_size,
         args.repeats
     );

@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 
 use pdserve_engine::device::Device;
 use pdserve_engine::engine::EngineConfig;
+use pdserve_engine::kv::pool::KvDtype;
 use pdserve_engine::loader::LoadOptions;
 
 #[derive(Parser, Debug)]
@@ -89,8 +90,9 @@ pub struct EngineArgs {
     /// --kv-cache-mb is given.
     #[arg(long, default_value_t = 0.9)]
     pub gpu_memory_utilization: f32,
-    /// KV cache element type: `auto` (f32 on cpu, bf16 on cuda), `f32` (cpu) or
-    /// `bf16` (cuda).
+    /// KV cache element type: `auto` (f16 on cpu, bf16 on cuda), `f16` or `f32`
+    /// (cpu; f32 is exact and takes twice the memory and bandwidth) or `bf16`
+    /// (cuda).
     #[arg(long, default_value = "auto")]
     pub kv_cache_dtype: String,
 }
@@ -101,17 +103,24 @@ impl EngineArgs {
         self.device
             .check()
             .map_err(|e| anyhow::anyhow!("--device {}: {e}", self.device))?;
-        let supported = match self.device {
-            Device::Cpu => "f32",
-            Device::Cuda(_) => "bf16",
+        let supported: &[KvDtype] = match self.device {
+            Device::Cpu => &[KvDtype::F16, KvDtype::F32],
+            Device::Cuda(_) => &[KvDtype::Bf16],
         };
-        if self.kv_cache_dtype != "auto" && self.kv_cache_dtype != supported {
-            anyhow::bail!(
-                "--kv-cache-dtype {}: --device {} stores the KV cache as {supported} (or say auto)",
+        let kv_dtype = match KvDtype::parse(&self.kv_cache_dtype) {
+            _ if self.kv_cache_dtype == "auto" => None,
+            Some(d) if supported.contains(&d) => Some(d),
+            _ => anyhow::bail!(
+                "--kv-cache-dtype {}: --device {} stores the KV cache as {} (or say auto)",
                 self.kv_cache_dtype,
-                self.device
-            );
-        }
+                self.device,
+                supported
+                    .iter()
+                    .map(|d| d.name())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
+        };
         if !(self.gpu_memory_utilization > 0.0 && self.gpu_memory_utilization <= 1.0) {
             anyhow::bail!(
                 "--gpu-memory-utilization {} is not in (0, 1]",
@@ -121,6 +130,7 @@ impl EngineArgs {
         let mut c = EngineConfig {
             device: self.device,
             gpu_memory_utilization: self.gpu_memory_utilization,
+            kv_dtype,
             ..EngineConfig::default()
         };
         match (self.kv_cache_mb, self.device) {
@@ -295,10 +305,17 @@ mod tests {
         };
         let c = config(&["--kv-cache-dtype", "f32"]).expect("cpu stores f32");
         assert_eq!(c.device, Device::Cpu);
-        let e = config(&["--kv-cache-dtype", "bf16"])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("--device cpu stores the KV cache as f32"), "{e}");
+        assert_eq!(c.kv_dtype, Some(KvDtype::F32));
+        let c = config(&["--kv-cache-dtype", "f16"]).expect("cpu stores f16");
+        assert_eq!(c.kv_dtype, Some(KvDtype::F16));
+        assert_eq!(config(&[]).expect("auto").kv_dtype, None);
+        for bad in ["bf16", "f8", ""] {
+            let e = config(&["--kv-cache-dtype", bad]).unwrap_err().to_string();
+            assert!(
+                e.contains("--device cpu stores the KV cache as f16 or f32"),
+                "{bad}: {e}"
+            );
+        }
         for bad in ["0", "1.5", "NaN"] {
             let e = config(&["--gpu-memory-utilization", bad]).unwrap_err();
             assert!(e.to_string().contains("not in (0, 1]"), "{bad}: {e}");

@@ -156,7 +156,9 @@ pub struct KvLayoutDesc {
     pub block_size: u32,
     pub num_kv_heads: u32,
     pub head_dim: u32,
-    pub elem_bytes: u32,
+    /// The element type (an f16 and a bf16 pool have equal sizes but must not
+    /// exchange blocks).
+    pub dtype: pdserve_engine::kv::pool::KvDtype,
 }
 
 impl KvLayoutDesc {
@@ -166,7 +168,7 @@ impl KvLayoutDesc {
             * self.block_size as usize
             * self.num_kv_heads as usize
             * self.head_dim as usize
-            * self.elem_bytes as usize
+            * self.dtype.bytes()
     }
 }
 
@@ -177,7 +179,7 @@ impl From<pdserve_engine::kv::pool::KvLayout> for KvLayoutDesc {
             block_size: l.block_size as u32,
             num_kv_heads: l.num_kv_heads as u32,
             head_dim: l.head_dim as u32,
-            elem_bytes: l.elem_bytes as u32,
+            dtype: l.dtype,
         }
     }
 }

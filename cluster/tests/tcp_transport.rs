@@ -22,7 +22,7 @@ const LAYOUT: KvLayoutDesc = KvLayoutDesc {
     block_size: 4,
     num_kv_heads: 2,
     head_dim: 8,
-    elem_bytes: 4,
+    dtype: pdserve_engine::kv::pool::KvDtype::F32,
 };
 const T: Duration = Duration::from_secs(5);
 

@@ -1,14 +1,15 @@
 //! Times the CPU paged attention of one decode step for a batch of sequences.
 //!
-//! `cargo run --release -p pdserve-engine --example attn_bench [-- SEQS CTX]`
+//! `cargo run --release -p pdserve-engine --example attn_bench [-- SEQS CTX] [f32]`
 //! (default 16 sequences of 80 cached tokens, SmolLM2-135M geometry: 9 query
-//! heads, 3 KV heads, head_dim 64, 16-token blocks, 30 layers, 128 MB pool).
+//! heads, 3 KV heads, head_dim 64, 16-token blocks, 30 layers, 128 MB pool;
+//! f16 KV unless `f32` is given).
 
 use std::time::Instant;
 
 use pdserve_engine::backend::cpu::attention::paged_attention;
 use pdserve_engine::backend::AttnSeq;
-use pdserve_engine::kv::pool::{CpuKvPool, KvLayout};
+use pdserve_engine::kv::pool::{CpuKvPool, KvDtype, KvElem, KvLayout};
 use pdserve_engine::BlockId;
 
 fn main() {
@@ -20,19 +21,27 @@ fn main() {
         args.first().copied().unwrap_or(16),
         args.get(1).copied().unwrap_or(80),
     );
+    let f32_kv = std::env::args().any(|a| a == "f32");
     let (layers, n_heads, n_kv, hd, bs) = (30, 9, 3, 64, 16);
-    let block_bytes = layers * 2 * bs * n_kv * hd * 4;
-    let layout = KvLayout {
-        num_blocks: (128 << 20) / block_bytes,
+    let mut layout = KvLayout {
+        num_blocks: 1,
         num_layers: layers,
         block_size: bs,
         num_kv_heads: n_kv,
         head_dim: hd,
-        elem_bytes: 4,
+        dtype: if f32_kv { KvDtype::F32 } else { KvDtype::F16 },
     };
+    layout.num_blocks = (128 << 20) / layout.block_bytes();
     let mut kv = CpuKvPool::new(layout);
-    for (i, x) in kv.data.iter_mut().enumerate() {
-        *x = ((i % 97) as f32 - 48.0) / 97.0;
+    fn fill<E: KvElem>(kv: &mut CpuKvPool) {
+        for (i, x) in kv.elems_mut::<E>().unwrap().iter_mut().enumerate() {
+            *x = E::from_f32(((i % 97) as f32 - 48.0) / 97.0);
+        }
+    }
+    if f32_kv {
+        fill::<f32>(&mut kv)
+    } else {
+        fill::<half::f16>(&mut kv)
     }
     // Blocks handed out round-robin across sequences, as a busy allocator would.
     let per_seq = ctx.div_ceil(bs);

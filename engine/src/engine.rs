@@ -16,10 +16,10 @@
 use std::collections::HashMap;
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{AttnSeq, ForwardBatch, MemKind};
+use crate::backend::{AttnSeq, Backend, ForwardBatch, MemKind};
 use crate::config::ModelConfig;
 use crate::device::Device;
-use crate::kv::pool::KvLayout;
+use crate::kv::pool::{KvDtype, KvLayout};
 use crate::kv::prefix_cache::{hash_blocks, BlockHash};
 use crate::loader::LoadedModel;
 use crate::model::{Forwarded, Model, ModelRunner};
@@ -49,6 +49,9 @@ pub struct EngineConfig {
     /// activations, KV pool); the KV pool is sized from it when `kv_cache_bytes`
     /// is 0.
     pub gpu_memory_utilization: f32,
+    /// The KV cache's element type; `None`: the device's default (f16 on the
+    /// CPU, bf16 on CUDA). The CPU also stores f32 (exact, twice the bytes).
+    pub kv_dtype: Option<KvDtype>,
 }
 
 impl Default for EngineConfig {
@@ -63,6 +66,7 @@ impl Default for EngineConfig {
             max_model_len: None,
             device: Device::Cpu,
             gpu_memory_utilization: 0.9,
+            kv_dtype: None,
         }
     }
 }
@@ -164,11 +168,17 @@ impl Engine {
     }
 
     fn cpu_runner(model: &LoadedModel, config: &EngineConfig) -> Result<Box<dyn ModelRunner>> {
-        let per_block =
-            Model::<CpuBackend>::layout_for(&model.config, config.block_size, 1).block_bytes();
+        let backend = CpuBackend::new(config.kv_dtype.unwrap_or(KvDtype::F16))?;
+        let per_block = Model::<CpuBackend>::layout_for(
+            &model.config,
+            config.block_size,
+            1,
+            backend.kv_dtype(),
+        )
+        .block_bytes();
         let num_blocks = KvLayout::blocks_for_bytes(config.kv_cache_bytes, per_block);
         let runner = Model::new(
-            CpuBackend,
+            backend,
             model.config.clone(),
             &model.weights,
             config.block_size,

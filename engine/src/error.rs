@@ -30,6 +30,8 @@ pub enum EngineError {
     },
     #[error("invalid model config: {0}")]
     Config(String),
+    #[error("invalid engine settings: {0}")]
+    InvalidConfig(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("chat template: {0}")]

@@ -118,6 +118,8 @@ fn preemption_by_recompute_keeps_outputs_identical(device) {
             &loaded.config,
             4,
             1,
+            // The engine's default on either device (f16 / bf16): 2 bytes.
+            pdserve_engine::kv::pool::KvDtype::F16,
         )
         .block_bytes();
     let cfg = EngineConfig {

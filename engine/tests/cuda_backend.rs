@@ -18,7 +18,7 @@ use pdserve_engine::backend::cpu::CpuBackend;
 use pdserve_engine::backend::cuda::CudaBackend;
 use pdserve_engine::backend::{AttnSeq, Backend, ForwardBatch};
 use pdserve_engine::fixtures::{assert_close, real_asset, TinyModelSpec};
-use pdserve_engine::kv::pool::KvLayout;
+use pdserve_engine::kv::pool::{KvDtype, KvLayout};
 use pdserve_engine::model::{Model, ModelRunner};
 use pdserve_engine::quant::{DType, QMatrix};
 use pdserve_engine::BlockId;
@@ -116,7 +116,7 @@ fn run_ops<B: Backend>(be: &B) -> Vec<(&'static str, Vec<f32>)> {
         block_size: bs,
         num_kv_heads: kv_heads,
         head_dim: hd,
-        elem_bytes: B::KV_ELEM_BYTES,
+        dtype: be.kv_dtype(),
     };
     let mut kv = be.alloc_kv(layout).expect("kv");
     let layer = 1;
@@ -170,12 +170,16 @@ fn run_ops<B: Backend>(be: &B) -> Vec<(&'static str, Vec<f32>)> {
     let bytes = layout.block_bytes();
     let mut block = vec![0u8; bytes];
     be.read_kv_block(&kv, BlockId(3), &mut block).expect("read");
-    let values: Vec<f32> = match B::KV_ELEM_BYTES {
-        4 => block
+    let values: Vec<f32> = match be.kv_dtype() {
+        KvDtype::F32 => block
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect(),
-        _ => block
+        KvDtype::F16 => block
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        KvDtype::Bf16 => block
             .chunks_exact(2)
             .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect(),
@@ -188,7 +192,7 @@ fn run_ops<B: Backend>(be: &B) -> Vec<(&'static str, Vec<f32>)> {
 #[test]
 fn every_op_matches_the_cpu_backend() {
     let Some(gpu) = cuda() else { return };
-    let want = run_ops(&CpuBackend);
+    let want = run_ops(&CpuBackend::default());
     let got = run_ops(&gpu);
     for ((name, g), (_, w)) in got.iter().zip(&want) {
         let r = pdserve_engine::fixtures::compare(g, w, OP_TOL);
@@ -240,7 +244,7 @@ fn tiny_model_logits_match_the_cpu_backend() {
     }
     for spec in TinyModelSpec::presets() {
         let (_dir, loaded) = load(&spec, Form::Hf(DType::BF16));
-        let want = logits(CpuBackend, &loaded);
+        let want = logits(CpuBackend::default(), &loaded);
         let got = logits(CudaBackend::new(0).expect("cuda"), &loaded);
         let r = pdserve_engine::fixtures::compare(&got, &want, 5e-2);
         println!(

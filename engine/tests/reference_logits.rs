@@ -6,17 +6,29 @@ mod common;
 use common::{load, Form};
 use pdserve_engine::backend::cpu::CpuBackend;
 use pdserve_engine::backend::{AttnSeq, ForwardBatch};
-use pdserve_engine::fixtures::{assert_close, reference_logits, weights_as_stored, TinyModelSpec};
+use pdserve_engine::fixtures::{
+    assert_close, reference_logits, reference_logits_kv, weights_as_stored, TinyModelSpec,
+};
+use pdserve_engine::kv::pool::KvDtype;
 use pdserve_engine::model::{Model, ModelRunner};
 use pdserve_engine::quant::DType;
 use pdserve_engine::BlockId;
 
-/// Logits of every position of `tokens`, computed as one prefill.
+/// Logits of every position of `tokens`, computed as one prefill (f32 KV).
 fn engine_logits(loaded: &pdserve_engine::loader::LoadedModel, tokens: &[u32]) -> Vec<f32> {
+    engine_logits_kv(loaded, tokens, KvDtype::F32)
+}
+
+/// [`engine_logits`] with the KV cache stored as `kv`.
+fn engine_logits_kv(
+    loaded: &pdserve_engine::loader::LoadedModel,
+    tokens: &[u32],
+    kv: KvDtype,
+) -> Vec<f32> {
     let bs = 4;
     let blocks = tokens.len().div_ceil(bs);
     let mut model = Model::new(
-        CpuBackend,
+        CpuBackend::new(kv).expect("cpu kv dtype"),
         loaded.config.clone(),
         &loaded.weights,
         bs,
@@ -61,6 +73,31 @@ fn check_len(spec: &TinyModelSpec, form: Form, stored: DType, tol: f64, len: usi
 fn f32_safetensors_matches_reference_for_every_architecture() {
     for spec in TinyModelSpec::presets() {
         check(&spec, Form::Hf(DType::F32), DType::F32, 1e-4);
+    }
+}
+
+/// An f16 KV cache: the engine's logits match the reference whose keys and
+/// values are rounded to f16 the same way (every other step in f64), at the
+/// same tolerance; against the f32-KV reference they differ by more (f16
+/// rounding is ~5e-4 relative), so the test tells the two apart.
+#[test]
+fn f16_kv_matches_reference_with_f16_keys_and_values() {
+    for spec in TinyModelSpec::presets() {
+        let (_dir, loaded) = load(&spec, Form::Hf(DType::F32));
+        let tokens = common::prompt(7, 40, spec.vocab);
+        let got = engine_logits_kv(&loaded, &tokens, KvDtype::F16);
+        let weights = weights_as_stored(&spec.weights_f32(), DType::F32).expect("weights");
+        let cfg = spec.config();
+        let want = reference_logits_kv(&cfg, &weights, &tokens, KvDtype::F16).expect("reference");
+        let name = format!("{:?} f16 KV logits", spec.arch);
+        assert_close(&got, &want, 1e-4, &name);
+        let exact = reference_logits(&cfg, &weights, &tokens).expect("reference");
+        let worst = got
+            .iter()
+            .zip(&exact)
+            .map(|(a, b)| ((a - b).abs() / (1.0 + b.abs())) as f64)
+            .fold(0.0, f64::max);
+        assert!(worst > 1e-6, "{name}: f16 rounding left no trace ({worst})");
     }
 }
 

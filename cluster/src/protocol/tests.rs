@@ -46,7 +46,7 @@ fn layout() -> KvLayoutDesc {
         block_size: 16,
         num_kv_heads: 3,
         head_dim: 64,
-        elem_bytes: 4,
+        dtype: pdserve_engine::kv::pool::KvDtype::F32,
     }
 }
 

@@ -10,7 +10,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
-use crate::kv::pool::KvLayout;
+use crate::kv::pool::{KvDtype, KvLayout};
 use crate::quant::QMatrix;
 use crate::sampling::device::{DevicePick, Picked};
 use crate::{BlockId, Result};
@@ -73,8 +73,6 @@ pub trait Backend: Send {
     /// Rotary-embedding angles for one batch's positions (built once per forward,
     /// used by every layer).
     type Rope: Send;
-    /// Bytes per KV cache element (f32 on the CPU, bf16 on CUDA).
-    const KV_ELEM_BYTES: usize = 4;
     /// The most rows whose MLP runs at once. A longer batch (a prefill chunk) runs
     /// its MLP in slices of this many rows, so that its largest activations
     /// (gate and up, rows × intermediate each) stay small where memory is tight
@@ -83,6 +81,8 @@ pub trait Backend: Send {
     const MLP_ROWS: usize = usize::MAX;
 
     fn name(&self) -> String;
+    /// The element type of the KV pools this backend allocates.
+    fn kv_dtype(&self) -> KvDtype;
 
     fn upload_matrix(&self, m: &QMatrix) -> Result<Self::Matrix>;
     fn upload_vector(&self, v: &[f32]) -> Result<Self::Vector>;

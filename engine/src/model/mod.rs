@@ -10,7 +10,7 @@ pub use weights::{LayerWeights, ModelWeights, TensorNaming, TensorSource};
 
 use crate::backend::{Backend, ForwardBatch, MemKind};
 use crate::config::ModelConfig;
-use crate::kv::pool::KvLayout;
+use crate::kv::pool::{KvDtype, KvLayout};
 use crate::sampling::device::{DevicePick, Picked};
 use crate::{BlockId, EngineError, Result};
 
@@ -106,7 +106,7 @@ impl<B: Backend> Model<B> {
                 w_down: up_m(&l.w_down)?,
             });
         }
-        let kv_layout = Self::layout_for(&config, block_size, num_blocks);
+        let kv_layout = Self::layout_for(&config, block_size, num_blocks, backend.kv_dtype());
         Ok(Model {
             embed: up_m(&weights.embed)?,
             final_norm: up_v(&weights.final_norm)?,
@@ -119,15 +119,20 @@ impl<B: Backend> Model<B> {
         })
     }
 
-    /// The KV geometry of `config` (elements as the backend stores them).
-    pub fn layout_for(config: &ModelConfig, block_size: usize, num_blocks: usize) -> KvLayout {
+    /// The KV geometry of `config`, elements of `dtype`.
+    pub fn layout_for(
+        config: &ModelConfig,
+        block_size: usize,
+        num_blocks: usize,
+        dtype: KvDtype,
+    ) -> KvLayout {
         KvLayout {
             num_blocks,
             num_layers: config.num_layers,
             block_size,
             num_kv_heads: config.num_kv_heads,
             head_dim: config.head_dim,
-            elem_bytes: B::KV_ELEM_BYTES,
+            dtype,
         }
     }
 

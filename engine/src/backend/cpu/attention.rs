@@ -25,7 +25,7 @@ use super::ops::{axpy, dot};
 #[cfg(target_arch = "x86_64")]
 use super::simd::{axpy_avx2, dot4_avx2, dot_avx2};
 use crate::backend::AttnSeq;
-use crate::kv::pool::CpuKvPool;
+use crate::kv::pool::{CpuKvPool, KvDtype, KvLayout};
 use crate::sampling::fastmath::exp_nonpos;
 
 /// Query rows of a prefill task whose scores are held at once.
@@ -34,6 +34,8 @@ const ROW_TILE: usize = 64;
 use std::arch::x86_64::*;
 
 /// `out` rows for every sequence; `q`/`out` are `[rows][n_heads * head_dim]`.
+/// Keys and values are read in the pool's dtype (f32 or f16) and computed on in
+/// f32.
 pub fn paged_attention(
     q: &[f32],
     kv: &CpuKvPool,
@@ -42,6 +44,23 @@ pub fn paged_attention(
     n_heads: usize,
     out: &mut [f32],
 ) {
+    match kv.layout.dtype {
+        KvDtype::F32 => attend::<f32>(q, kv, layer, seqs, n_heads, out),
+        KvDtype::F16 => attend::<half::f16>(q, kv, layer, seqs, n_heads, out),
+        // `CpuBackend::alloc_kv` refuses other types.
+        KvDtype::Bf16 => unreachable!("the CPU KV pool stores f32 or f16"),
+    }
+}
+
+fn attend<E: Elem>(
+    q: &[f32],
+    kv: &CpuKvPool,
+    layer: usize,
+    seqs: &[AttnSeq],
+    n_heads: usize,
+    out: &mut [f32],
+) {
+    let data = kv.elems::<E>().expect("the pool's dtype is E");
     let hd = kv.layout.head_dim;
     let q_dim = n_heads * hd;
     let n_kv = kv.layout.num_kv_heads;
@@ -57,13 +76,14 @@ pub fn paged_attention(
             .flat_map(|si| (0..n_kv).map(move |g| (si, g..g + 1)))
             .collect()
     };
-    let avx2 = has_avx2_fma() && hd.is_multiple_of(8);
+    let avx2 = has_avx2_fma_f16c() && hd.is_multiple_of(8);
     let results: Vec<Vec<f32>> = tasks
         .par_iter()
         .map(|(si, g)| {
             let task = HeadTask {
                 q,
-                kv,
+                layout: kv.layout,
+                data,
                 layer,
                 seq: &seqs[*si],
                 kv_heads: g.clone(),
@@ -88,6 +108,29 @@ pub fn paged_attention(
     }
 }
 
+/// AVX2 + FMA + F16C (what the attention kernels are compiled for).
+fn has_avx2_fma_f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2_fma() && std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A stored KV element type the attention kernels read: any [`KvElem`], with
+/// its eight-lane load where the SIMD build exists.
+#[cfg(target_arch = "x86_64")]
+pub(crate) trait Elem: super::simd::Load8 {}
+#[cfg(target_arch = "x86_64")]
+impl<E: super::simd::Load8> Elem for E {}
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) trait Elem: crate::kv::pool::KvElem {}
+#[cfg(not(target_arch = "x86_64"))]
+impl<E: crate::kv::pool::KvElem> Elem for E {}
+
 pub(crate) fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -109,7 +152,7 @@ macro_rules! for_each_visible {
     ($task:expr, $values:expr, $rows:expr, |$i:ident, $t:ident, $kv:ident| $body:block) => {{
         let task = $task;
         let rows: std::ops::Range<usize> = $rows;
-        let l = &task.kv.layout;
+        let l = &task.layout;
         let (hd, bs, kv_dim) = (l.head_dim, l.block_size, l.kv_dim());
         let s = task.seq;
         // Keys visible to the last row of the range.
@@ -124,7 +167,7 @@ macro_rules! for_each_visible {
             for $i in t0.saturating_sub(s.pos_start).max(rows.start)..rows.end {
                 for $t in t0..t_end.min(s.pos_start + $i + 1) {
                     let off = slab + ($t - t0) * kv_dim + g0 * hd;
-                    let $kv = &task.kv.data[off..off + ng * hd];
+                    let $kv = &task.data[off..off + ng * hd];
                     $body
                 }
             }
@@ -132,9 +175,11 @@ macro_rules! for_each_visible {
     }};
 }
 
-struct HeadTask<'a> {
+struct HeadTask<'a, E> {
     q: &'a [f32],
-    kv: &'a CpuKvPool,
+    layout: KvLayout,
+    /// The whole pool's elements.
+    data: &'a [E],
     layer: usize,
     seq: &'a AttnSeq,
     /// The KV heads this task covers (consecutive).
@@ -142,14 +187,14 @@ struct HeadTask<'a> {
     n_heads: usize,
 }
 
-impl HeadTask<'_> {
+impl<E: Elem> HeadTask<'_, E> {
     #[cfg(target_arch = "x86_64")]
     fn run_avx2(&self) -> Vec<f32> {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn inner(t: &HeadTask<'_>) -> Vec<f32> {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn inner<E: Elem>(t: &HeadTask<'_, E>) -> Vec<f32> {
             t.run_with::<true>()
         }
-        // SAFETY: only called when `has_avx2_fma()` reported both features (and
+        // SAFETY: only called when `has_avx2_fma_f16c()` reported the features (and
         // the head dimension is a multiple of 8, which the primitives assert).
         unsafe { inner(self) }
     }
@@ -167,7 +212,7 @@ impl HeadTask<'_> {
     /// arithmetic is the same whichever KV heads share the task.
     #[inline(always)]
     fn run_with<const AVX: bool>(&self) -> Vec<f32> {
-        let l = &self.kv.layout;
+        let l = &self.layout;
         let hd = l.head_dim;
         let s = self.seq;
         let group = self.n_heads / l.num_kv_heads;
@@ -206,7 +251,7 @@ impl HeadTask<'_> {
             } else {
                 for_each_visible!(self, true, 0..1, |i, t, v| {
                     for h in 0..nh {
-                        vaxpy::<AVX>(scores[h * ctx + t], &v[h / group * hd..][..hd], {
+                        vaxpy::<AVX, E>(scores[h * ctx + t], &v[h / group * hd..][..hd], {
                             &mut res[h * hd..][..hd]
                         });
                     }
@@ -232,7 +277,7 @@ impl HeadTask<'_> {
                 for h in 0..nh {
                     let qh = &qi[h * hd..][..hd];
                     let kh = &k[h / group * hd..][..hd];
-                    scores[at(h, i) + t] = vdot::<AVX>(qh, kh) * scale;
+                    scores[at(h, i) + t] = vdot::<AVX, E>(qh, kh) * scale;
                 }
             });
             for h in 0..nh {
@@ -244,7 +289,7 @@ impl HeadTask<'_> {
             for_each_visible!(self, true, rows.clone(), |i, t, v| {
                 for h in 0..nh {
                     let o = &mut res[(h * s.len + i) * hd..][..hd];
-                    vaxpy::<AVX>(scores[at(h, i) + t], &v[h / group * hd..][..hd], o);
+                    vaxpy::<AVX, E>(scores[at(h, i) + t], &v[h / group * hd..][..hd], o);
                 }
             });
         }
@@ -257,17 +302,17 @@ impl HeadTask<'_> {
     /// taking them one block at a time). Only a hint: no result depends on it.
     #[cfg(target_arch = "x86_64")]
     fn prefetch_kv(&self, ctx: usize) {
-        let l = &self.kv.layout;
+        let l = &self.layout;
         let (bs, kv_dim, hd) = (l.block_size, l.kv_dim(), l.head_dim);
         let (start, len) = (self.kv_heads.start * hd, self.kv_heads.len() * hd);
-        const LINE: usize = 16; // f32 per 64-byte cache line
+        let per_line = 64 / std::mem::size_of::<E>(); // elements per cache line
         for b in 0..ctx.div_ceil(bs) {
             let n = (ctx - b * bs).min(bs);
             for values in [false, true] {
                 let slab = l.slab_offset(self.seq.block_table[b].0 as usize, self.layer, values);
                 for j in 0..n {
-                    let row = &self.kv.data[slab + j * kv_dim + start..][..len];
-                    for line in row.chunks(LINE) {
+                    let row = &self.data[slab + j * kv_dim + start..][..len];
+                    for line in row.chunks(per_line) {
                         // SAFETY: a prefetch only hints the cache; the address is
                         // inside `row` (a live slice).
                         unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr() as *const i8) };
@@ -281,15 +326,15 @@ impl HeadTask<'_> {
     /// keys at a time (bitwise what the general path computes per key).
     #[cfg(target_arch = "x86_64")]
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn key_scores(&self, kv_head: usize, q: &[f32], scale: f32, out: &mut [f32]) {
-        let l = &self.kv.layout;
+        let l = &self.layout;
         let (bs, kv_dim, hd) = (l.block_size, l.kv_dim(), l.head_dim);
         let ctx = out.len();
         for b in 0..ctx.div_ceil(bs) {
             let slab = l.slab_offset(self.seq.block_table[b].0 as usize, self.layer, false);
             let n = (ctx - b * bs).min(bs);
-            let key = |j: usize| &self.kv.data[slab + j * kv_dim + kv_head * hd..][..hd];
+            let key = |j: usize| &self.data[slab + j * kv_dim + kv_head * hd..][..hd];
             let mut j = 0;
             while j + 4 <= n {
                 // SAFETY: called from an AVX2+FMA function (this one).
@@ -310,9 +355,9 @@ impl HeadTask<'_> {
     /// position order, one FMA per lane and key (eight accumulators in registers).
     #[cfg(target_arch = "x86_64")]
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn weighted_values_64(&self, kv_head: usize, d0: usize, p: &[f32], out: &mut [f32]) {
-        let l = &self.kv.layout;
+        let l = &self.layout;
         let (bs, kv_dim) = (l.block_size, l.kv_dim());
         let ctx = p.len();
         assert!(out.len() == 64 && d0 + 64 <= l.head_dim && kv_head < l.num_kv_heads);
@@ -321,13 +366,13 @@ impl HeadTask<'_> {
             let slab = l.slab_offset(self.seq.block_table[b].0 as usize, self.layer, true);
             let base = slab + kv_head * l.head_dim + d0;
             let n = (ctx - b * bs).min(bs);
-            let v = &self.kv.data[base..base + (n - 1) * kv_dim + 64];
+            let v = &self.data[base..base + (n - 1) * kv_dim + 64];
             for (j, &pt) in p[b * bs..b * bs + n].iter().enumerate() {
                 let pv = _mm256_set1_ps(pt);
                 let row = &v[j * kv_dim..j * kv_dim + 64];
                 for (c, a) in acc.iter_mut().enumerate() {
                     // SAFETY: `row` holds 64 floats.
-                    let x = unsafe { _mm256_loadu_ps(row.as_ptr().add(8 * c)) };
+                    let x = unsafe { E::load8(row.as_ptr().add(8 * c)) };
                     *a = _mm256_fmadd_ps(pv, x, *a);
                 }
             }
@@ -361,7 +406,7 @@ fn softmax_in_place(row: &mut [f32]) {
 
 /// `a·b` with the AVX2 primitive when `AVX` (only inside `run_avx2`).
 #[inline(always)]
-fn vdot<const AVX: bool>(a: &[f32], b: &[f32]) -> f32 {
+fn vdot<const AVX: bool, E: Elem>(a: &[f32], b: &[E]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if AVX {
         // SAFETY: `AVX` is only true inside `run_avx2`'s AVX2+FMA function.
@@ -372,7 +417,7 @@ fn vdot<const AVX: bool>(a: &[f32], b: &[f32]) -> f32 {
 
 /// `y += a·x` with the AVX2 primitive when `AVX`.
 #[inline(always)]
-fn vaxpy<const AVX: bool>(a: f32, x: &[f32], y: &mut [f32]) {
+fn vaxpy<const AVX: bool, E: Elem>(a: f32, x: &[E], y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if AVX {
         // SAFETY: as in `vdot`.
@@ -384,33 +429,44 @@ fn vaxpy<const AVX: bool>(a: f32, x: &[f32], y: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::pool::KvLayout;
+    use crate::kv::pool::KvElem;
     use crate::BlockId;
 
-    fn pool(head_dim: usize) -> CpuKvPool {
+    fn pool<E: KvElem>(head_dim: usize) -> CpuKvPool {
         let layout = KvLayout {
             num_blocks: 8,
             num_layers: 2,
             block_size: 16,
             num_kv_heads: 2,
             head_dim,
-            elem_bytes: 4,
+            dtype: E::DTYPE,
         };
         let mut kv = CpuKvPool::new(layout);
-        for (i, x) in kv.data.iter_mut().enumerate() {
-            *x = ((i * 7919 % 1009) as f32 - 504.0) / 300.0;
+        for (i, x) in kv.elems_mut::<E>().unwrap().iter_mut().enumerate() {
+            *x = E::from_f32(((i * 7919 % 1009) as f32 - 504.0) / 300.0);
         }
         kv
+    }
+
+    #[test]
+    fn decode_rows_equal_prefill_rows_f32() {
+        decode_rows_equal_prefill_rows::<f32>();
+    }
+
+    #[test]
+    fn decode_rows_equal_prefill_rows_f16() {
+        decode_rows_equal_prefill_rows::<half::f16>();
     }
 
     /// A decode row (one query, any path the CPU picks: the register-held values
     /// path for head_dim 64 and 128) is bitwise equal to the same row computed
     /// inside a prefill chunk (of more than one `ROW_TILE`), and close to a plain
-    /// f64 reference; a prefill split into two chunks is bitwise the whole one.
-    #[test]
-    fn decode_rows_equal_prefill_rows() {
+    /// f64 reference over the stored (widened) keys and values; a prefill split
+    /// into two chunks is bitwise the whole one.
+    fn decode_rows_equal_prefill_rows<E: KvElem>() {
         for hd in [64, 128, 24] {
-            let kv = pool(hd);
+            let kv = pool::<E>(hd);
+            let data = kv.elems::<E>().unwrap();
             let (n_heads, len, layer) = (4, 100, 1);
             assert!(len > ROW_TILE + 16, "the chunk spans several row tiles");
             let table: Vec<BlockId> = [5, 1, 6, 0, 7, 2, 3].into_iter().map(BlockId).collect();
@@ -486,10 +542,10 @@ mod tests {
                     let qh = &q[i * qd + h * hd..][..hd];
                     let s: Vec<f64> = (0..=i)
                         .map(|t| {
-                            let k = &kv.data[at(t, false)..][..hd];
+                            let k = &data[at(t, false)..][..hd];
                             qh.iter()
                                 .zip(k)
-                                .map(|(a, b)| *a as f64 * *b as f64)
+                                .map(|(a, b)| *a as f64 * b.to_f32() as f64)
                                 .sum::<f64>()
                                 / (hd as f64).sqrt()
                         })
@@ -498,7 +554,7 @@ mod tests {
                     let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
                     for d in 0..hd {
                         let want: f64 = (0..=i)
-                            .map(|t| (s[t] - m).exp() / z * kv.data[at(t, true) + d] as f64)
+                            .map(|t| (s[t] - m).exp() / z * data[at(t, true) + d].to_f32() as f64)
                             .sum();
                         let got = one[h * hd + d] as f64;
                         assert!(

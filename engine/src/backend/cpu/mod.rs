@@ -1,6 +1,8 @@
 //! The CPU backend: activations are `Vec<f32>`, weights stay in their stored type
 //! (`QMatrix`, quantized kernels in `quant`), the KV pool is host memory
-//! (`CpuKvPool`). Row-parallel ops use rayon.
+//! (`CpuKvPool`) of f16 (the engine's default: half the bytes attention reads
+//! per step, as llama.cpp stores it) or f32 (exact; what the f64-reference
+//! tests use). Row-parallel ops use rayon.
 //!
 //! Weights of the types with an interleaved layout (Q4_0, Q4_1, Q8_0) are copied
 //! into it once at upload (`QMatrix::interleaved`: eight rows per group, the same
@@ -14,12 +16,36 @@ pub mod simd;
 use rayon::prelude::*;
 
 use super::{AttnSeq, Backend, MemKind};
-use crate::kv::pool::{CpuKvPool, KvLayout};
+use crate::kv::pool::{CpuKvPool, KvDtype, KvElem, KvLayout};
 use crate::quant::QMatrix;
 use crate::{BlockId, EngineError, Result};
 
-#[derive(Clone, Debug, Default)]
-pub struct CpuBackend;
+/// The CPU backend, with the element type of the KV pools it allocates.
+#[derive(Clone, Debug)]
+pub struct CpuBackend {
+    kv_dtype: KvDtype,
+}
+
+impl CpuBackend {
+    /// A backend whose KV pools store `kv_dtype` (f32 or f16).
+    pub fn new(kv_dtype: KvDtype) -> Result<CpuBackend> {
+        match kv_dtype {
+            KvDtype::F32 | KvDtype::F16 => Ok(CpuBackend { kv_dtype }),
+            other => Err(EngineError::InvalidConfig(format!(
+                "the CPU stores the KV cache as f16 or f32, not {other}"
+            ))),
+        }
+    }
+}
+
+/// f32 KV: exact, what the reference tests compare against.
+impl Default for CpuBackend {
+    fn default() -> Self {
+        CpuBackend {
+            kv_dtype: KvDtype::F32,
+        }
+    }
+}
 
 /// Rows per rayon task for cheap row-wise ops (keeps task overhead negligible).
 const ROWS_PER_TASK: usize = 16;
@@ -39,6 +65,9 @@ impl Backend for CpuBackend {
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
+    fn kv_dtype(&self) -> KvDtype {
+        self.kv_dtype
+    }
 
     fn upload_matrix(&self, m: &QMatrix) -> Result<QMatrix> {
         // The interleaved copy releases the mapped rows' pages as it goes.
@@ -48,6 +77,7 @@ impl Backend for CpuBackend {
         Ok(v.to_vec())
     }
     fn alloc_kv(&self, layout: KvLayout) -> Result<CpuKvPool> {
+        CpuBackend::new(layout.dtype)?;
         Ok(CpuKvPool::new(layout))
     }
     fn alloc(&self, len: usize) -> Vec<f32> {
@@ -184,14 +214,10 @@ impl Backend for CpuBackend {
         v: &Vec<f32>,
         slots: &[usize],
     ) {
-        let l = kv.layout;
-        let kv_dim = l.kv_dim();
-        for (r, &slot) in slots.iter().enumerate() {
-            let (block, off) = (slot / l.block_size, slot % l.block_size);
-            let ko = l.slab_offset(block, layer, false) + off * kv_dim;
-            kv.data[ko..ko + kv_dim].copy_from_slice(&k[r * kv_dim..(r + 1) * kv_dim]);
-            let vo = l.slab_offset(block, layer, true) + off * kv_dim;
-            kv.data[vo..vo + kv_dim].copy_from_slice(&v[r * kv_dim..(r + 1) * kv_dim]);
+        match kv.layout.dtype {
+            KvDtype::F32 => store_rows::<f32>(kv, layer, k, v, slots),
+            KvDtype::F16 => store_rows::<half::f16>(kv, layer, k, v, slots),
+            KvDtype::Bf16 => unreachable!("alloc_kv refuses bf16"),
         }
     }
 
@@ -262,6 +288,62 @@ impl Backend for CpuBackend {
         }
         dst.copy_from_slice(data);
         Ok(())
+    }
+}
+
+/// Writes row r of `k` and `v` (`[rows][kv_dim]` f32) into token slot `slots[r]`
+/// of `layer`, converted to the pool's element type.
+fn store_rows<E: KvElem>(kv: &mut CpuKvPool, layer: usize, k: &[f32], v: &[f32], slots: &[usize]) {
+    let l = kv.layout;
+    let kv_dim = l.kv_dim();
+    let data = kv.elems_mut::<E>().expect("the pool's dtype is E");
+    for (r, &slot) in slots.iter().enumerate() {
+        let (block, off) = (slot / l.block_size, slot % l.block_size);
+        for (src, values) in [(k, false), (v, true)] {
+            let o = l.slab_offset(block, layer, values) + off * kv_dim;
+            convert_into(&src[r * kv_dim..(r + 1) * kv_dim], &mut data[o..o + kv_dim]);
+        }
+    }
+}
+
+/// `dst[i] = E::from_f32(src[i])` (for f16: round to nearest even, eight at a
+/// time with F16C where the CPU has it — the same rounding as the scalar path).
+fn convert_into<E: KvElem>(src: &[f32], dst: &mut [E]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(dst) = bytemuck::try_cast_slice_mut::<E, half::f16>(dst)
+        .ok()
+        .filter(|_| E::DTYPE == KvDtype::F16 && std::is_x86_feature_detected!("f16c"))
+    {
+        // SAFETY: F16C checked just above.
+        unsafe { f32_to_f16_f16c(src, dst) };
+        return;
+    }
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = E::from_f32(*s);
+    }
+}
+
+/// [`convert_into`] for f16 with F16C's `vcvtps2ph` (round to nearest even).
+///
+/// # Safety
+/// The CPU must support AVX and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn f32_to_f16_f16c(src: &[f32], dst: &mut [half::f16]) {
+    use std::arch::x86_64::*;
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: elements i..i + 8 lie within both slices.
+        unsafe {
+            let h =
+                _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(i)));
+            _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, h);
+        }
+        i += 8;
+    }
+    for j in i..n {
+        dst[j] = half::f16::from_f32(src[j]);
     }
 }
 

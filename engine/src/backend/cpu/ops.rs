@@ -1,11 +1,13 @@
 //! Element-wise and row-wise CPU kernels (safe Rust written so LLVM vectorizes it:
 //! fixed-width lane accumulators instead of serial float reductions).
 
+use crate::kv::pool::KvElem;
 use crate::sampling::fastmath::exp_nonpos;
 
-/// Dot product with 8 independent accumulators (vectorizes without fast-math).
+/// Dot product with 8 independent accumulators (vectorizes without fast-math);
+/// `b` may be stored KV elements (widened to f32 exactly).
 #[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot<E: KvElem>(a: &[f32], b: &[E]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; 8];
     let ca = a.chunks_exact(8);
@@ -13,21 +15,21 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for l in 0..8 {
-            acc[l] += x[l] * y[l];
+            acc[l] += x[l] * y[l].to_f32();
         }
     }
     let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
     for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
+        s += x * y.to_f32();
     }
     s
 }
 
 /// `y += a * x`.
 #[inline]
-pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+pub fn axpy<E: KvElem>(a: f32, x: &[E], y: &mut [f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
+        *yi += a * xi.to_f32();
     }
 }
 

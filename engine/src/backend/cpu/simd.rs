@@ -3,32 +3,60 @@
 //! product (one FMA chain over 8-lane chunks, then [`reduce_lanes`]), the same for
 //! four keys at once, and `y += a·x`.
 //!
-//! All are `#[target_feature]` functions: callers must have checked for AVX2 and
-//! FMA (attention does, once per call); each asserts the slice lengths it relies on.
+//! The second operand (keys, values) is any [`Load8`] type: f32, or f16 widened
+//! exactly by F16C, so that every product and sum is the same f32 arithmetic
+//! whichever type the KV cache stores.
+//!
+//! All are `#[target_feature]` functions: callers must have checked for AVX2,
+//! FMA and F16C (attention does, once per call); each asserts the slice lengths
+//! it relies on.
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
+
+use crate::kv::pool::KvElem;
+
+/// A KV element type that loads eight values as f32 lanes.
+pub(crate) trait Load8: KvElem {
+    /// The eight values at `p`, widened to f32.
+    ///
+    /// # Safety
+    /// Eight elements readable at `p`; the caller has AVX and F16C.
+    unsafe fn load8(p: *const Self) -> __m256;
+}
+
+impl Load8 for f32 {
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        // SAFETY: the caller's contract.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+}
+
+impl Load8 for half::f16 {
+    #[inline(always)]
+    unsafe fn load8(p: *const half::f16) -> __m256 {
+        // SAFETY: the caller's contract (eight f16 = 16 bytes).
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+}
 
 /// Dot product of two equal-length slices whose length is a multiple of 8: one FMA
 /// chain over the 8-lane chunks in order, then [`reduce_lanes`]. [`dot4_avx2`]
 /// performs exactly these operations for four dots at once.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2, FMA and F16C.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_avx2<K: Load8>(a: &[f32], b: &[K]) -> f32 {
     assert!(a.len() == b.len() && a.len().is_multiple_of(8));
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
     let mut acc = _mm256_setzero_ps();
     for c in 0..a.len() / 8 {
         // SAFETY: chunk c lies within both slices (asserted).
         acc = unsafe {
-            _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(8 * c)),
-                _mm256_loadu_ps(pb.add(8 * c)),
-                acc,
-            )
+            _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(8 * c)), K::load8(pb.add(8 * c)), acc)
         };
     }
     reduce_lanes(acc)
@@ -51,10 +79,10 @@ pub(crate) fn reduce_lanes(v: __m256) -> f32 {
 /// done for the four by unpacking instead of per dot.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2, FMA and F16C.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn dot4_avx2(q: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot4_avx2<K: Load8>(q: &[f32], k: [&[K]; 4]) -> [f32; 4] {
     assert!(q.len().is_multiple_of(8) && k.iter().all(|k| k.len() == q.len()));
     let mut acc = [_mm256_setzero_ps(); 4];
     for c in 0..q.len() / 8 {
@@ -62,7 +90,7 @@ pub(crate) unsafe fn dot4_avx2(q: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
         unsafe {
             let qc = _mm256_loadu_ps(q.as_ptr().add(8 * c));
             for (a, k) in acc.iter_mut().zip(&k) {
-                *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k.as_ptr().add(8 * c)), *a);
+                *a = _mm256_fmadd_ps(qc, K::load8(k.as_ptr().add(8 * c)), *a);
             }
         }
     }
@@ -88,21 +116,17 @@ pub(crate) unsafe fn dot4_avx2(q: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
 /// `y += a·x` (FMA per lane) for equal lengths that are a multiple of 8.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2, FMA and F16C.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn axpy_avx2<K: Load8>(a: f32, x: &[K], y: &mut [f32]) {
     assert!(x.len() == y.len() && x.len().is_multiple_of(8));
     let av = _mm256_set1_ps(a);
     let (px, py) = (x.as_ptr(), y.as_mut_ptr());
     for c in 0..x.len() / 8 {
         // SAFETY: chunk c lies within both slices (asserted).
         unsafe {
-            let v = _mm256_fmadd_ps(
-                av,
-                _mm256_loadu_ps(px.add(8 * c)),
-                _mm256_loadu_ps(py.add(8 * c)),
-            );
+            let v = _mm256_fmadd_ps(av, K::load8(px.add(8 * c)), _mm256_loadu_ps(py.add(8 * c)));
             _mm256_storeu_ps(py.add(8 * c), v);
         }
     }

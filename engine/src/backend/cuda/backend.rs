@@ -32,7 +32,7 @@ use cudarc::nvrtc::Ptx;
 
 use super::{compile_kernels, probe, DeviceInfo};
 use crate::backend::{AttnSeq, Backend, MemKind};
-use crate::kv::pool::KvLayout;
+use crate::kv::pool::{KvDtype, KvLayout};
 use crate::quant::QMatrix;
 use crate::sampling::device::{DevicePick, Picked};
 use crate::{BlockId, EngineError, Result};
@@ -331,10 +331,12 @@ impl Backend for CudaBackend {
     type Vector = CudaSlice<u16>;
     type Kv = DevKv;
     type Rope = DevRope;
-    const KV_ELEM_BYTES: usize = 2;
 
     fn name(&self) -> String {
         format!("cuda:{} ({})", self.info.ordinal, self.info.name)
+    }
+    fn kv_dtype(&self) -> KvDtype {
+        KvDtype::Bf16
     }
 
     fn upload_matrix(&self, m: &QMatrix) -> Result<DevMatrix> {
@@ -359,6 +361,12 @@ impl Backend for CudaBackend {
     }
 
     fn alloc_kv(&self, layout: KvLayout) -> Result<DevKv> {
+        if layout.dtype != KvDtype::Bf16 {
+            return Err(EngineError::InvalidConfig(format!(
+                "CUDA stores the KV cache as bf16, not {}",
+                layout.dtype
+            )));
+        }
         let elems = layout.num_blocks * layout.block_elems();
         let data = self.stream.alloc_zeros::<u16>(elems).map_err(|e| {
             EngineError::Device(format!(

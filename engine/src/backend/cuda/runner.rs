@@ -12,7 +12,7 @@
 use super::CudaBackend;
 use crate::config::ModelConfig;
 use crate::engine::EngineConfig;
-use crate::kv::pool::KvLayout;
+use crate::kv::pool::{KvDtype, KvLayout};
 use crate::loader::LoadedModel;
 use crate::model::{Model, ModelRunner};
 use crate::{EngineError, Result};
@@ -84,6 +84,11 @@ pub fn cuda_model_runner(
     config: &EngineConfig,
     ordinal: usize,
 ) -> Result<Box<dyn ModelRunner>> {
+    if let Some(d) = config.kv_dtype.filter(|&d| d != KvDtype::Bf16) {
+        return Err(EngineError::InvalidConfig(format!(
+            "CUDA stores the KV cache as bf16, not {d}"
+        )));
+    }
     let backend = CudaBackend::new(ordinal)?;
     let c = &model.config;
     let info = backend.info().clone();
@@ -96,7 +101,8 @@ pub fn cuda_model_runner(
         bf16_weight_bytes(c),
         activations,
     )?;
-    let per_block = Model::<CudaBackend>::layout_for(c, config.block_size, 1).block_bytes();
+    let per_block =
+        Model::<CudaBackend>::layout_for(c, config.block_size, 1, KvDtype::Bf16).block_bytes();
     let num_blocks = KvLayout::blocks_for_bytes(kv_bytes, per_block);
     tracing::info!(
         device = %info.name,
