@@ -131,6 +131,25 @@ pub fn simd_kernels(dtype: DType) -> Vec<(&'static str, GroupFn)> {
     ks
 }
 
+/// A tile kernel: whole groups (`nb` blocks per row) against up to
+/// [`TILE_ROWS_MAX`] activation rows of a [`super::act::QActs`]; writes like
+/// [`GroupFn`].
+pub type TileKernel =
+    fn(&[u8], usize, &super::act::QActs, std::ops::Range<usize>, &mut [[f32; GROUP]]);
+
+/// Most activation rows per [`TileKernel`] call.
+pub const TILE_ROWS_MAX: usize = 16;
+
+/// The AMX tile kernel for `dtype`, where the CPU has one.
+pub fn tile_kernel(dtype: DType) -> Option<TileKernel> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(k) = super::amx_i8::kernel(dtype) {
+        return Some(k);
+    }
+    let _ = dtype;
+    None
+}
+
 /// The scalar group kernel (the definition of the arithmetic).
 pub fn portable_kernel(dtype: DType) -> GroupFn {
     match dtype {

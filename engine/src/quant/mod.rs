@@ -17,9 +17,13 @@
 //! `dot` (scalar integer dot products), `dot_avx2` (AVX2 helpers, float dots and
 //! activation quantization), `dot_avx2_q32` / `dot_avx2_k` (AVX2 integer kernels),
 //! `float` (f32 dots), `interleave` + `dot_avx2_i8` / `dot_vnni_i8` (the CPU's
-//! eight-row interleaved layout and its AVX2 and AVX-512 VNNI kernels), `matmul` (the threaded driver).
+//! eight-row interleaved layout and its AVX2 and AVX-512 VNNI kernels), `amx_i8` (AMX
+//! tile kernels for the interleaved layout, many activation rows at once), `matmul`
+//! (the threaded driver).
 
 mod act;
+#[cfg(target_arch = "x86_64")]
+mod amx_i8;
 mod blocks;
 mod dequant;
 mod dot;

@@ -100,3 +100,60 @@ fn simd_group_kernels_match_portable_bitwise() {
         }
     }
 }
+
+/// Random group bytes for `ng` groups of `nb` blocks, with finite f16 scales.
+fn random_groups(rng: &mut Rng, dtype: DType, nb: usize, ng: usize) -> Vec<u8> {
+    let bb = dtype.block_bytes();
+    let mut group: Vec<u8> = (0..ng * GROUP * nb * bb)
+        .map(|_| rng.next_u64() as u8)
+        .collect();
+    let fields = if dtype == DType::Q4_1 { 2 } else { 1 };
+    for b in 0..ng * nb {
+        for k in 0..GROUP * fields {
+            let h = super::blocks::f16_bytes(rng.f32() * 2.0);
+            group[b * GROUP * bb + 2 * k..][..2].copy_from_slice(&h);
+        }
+    }
+    group
+}
+
+/// The tile kernel (AMX) against the portable one, bitwise: every row count
+/// from 1 to 16, odd and even group counts (a pair's second group missing),
+/// activation rows taken from the middle of a larger batch.
+#[test]
+fn tile_kernel_matches_portable_bitwise() {
+    if interleave::tile_kernel(DType::Q4_0).is_none() {
+        eprintln!("skipped: this CPU (or OS) has no tile kernel (AMX) to check");
+        return;
+    }
+    let mut rng = Rng::new(33);
+    for dtype in TYPES {
+        let kernel = interleave::tile_kernel(dtype).expect("every interleaved type");
+        for (nb, ng) in [(1, 1), (3, 2), (5, 3), (2, 4)] {
+            let groups = random_groups(&mut rng, dtype, nb, ng);
+            let total = 20;
+            let mut x = rng.vec(total * 32 * nb, 1.0);
+            x[0] = 40.0;
+            x[total * 32 * nb - 1] = -40.0;
+            let acts = QActs::quantize(&x, 32 * nb, 32);
+            for n in 1..=interleave::TILE_ROWS_MAX {
+                let first = (n * 7) % (total - n + 1);
+                let rows: Vec<_> = (first..first + n).map(|i| acts.row(i)).collect();
+                let mut port = vec![[f32::NAN; GROUP]; ng * n];
+                interleave::portable_kernel(dtype)(&groups, &rows, &mut port);
+                let mut tile = vec![[f32::NAN; GROUP]; ng * n];
+                kernel(&groups, nb, &acts, first..first + n, &mut tile);
+                for (k, (t, p)) in tile.iter().zip(&port).enumerate() {
+                    for lane in 0..GROUP {
+                        assert!(
+                            t[lane].to_bits() == p[lane].to_bits(),
+                            "{dtype} nb={nb} ng={ng} n={n} out {k} lane {lane}: tile {} portable {}",
+                            t[lane],
+                            p[lane]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
