@@ -189,15 +189,21 @@ fn config(n: usize) -> TileConfig {
 #[repr(C, align(64))]
 struct Scratch {
     sums: [[i32; MAX_ROWS * 16]; 2],
-    weights: [[u8; 512]; 2],
+    weights: [[u8; 512]; RING],
 }
+
+/// Weight tiles in flight: block b + AHEAD is laid out while block b's product
+/// is issued, so that a tile load never follows the stores that wrote its bytes
+/// closely.
+const RING: usize = 4;
+const AHEAD: usize = 2;
 
 /// Groups `0..ng` of `groups` against activation rows `row0..row0 + N`.
 ///
 /// Three-stage pipeline over the blocks of a group pair: iteration b issues
 /// the tile product of block b (into the tiles of b's parity), stores block
 /// b − 1's sums (issued an iteration earlier, so the store does not wait on
-/// the product just queued), lays out block b + 1's weight tile, and scales
+/// the product just queued), lays out block b + AHEAD's weight tile, and scales
 /// and adds block b − 2's sums — so the vector work overlaps the tile unit.
 ///
 /// # Safety
@@ -218,7 +224,7 @@ unsafe fn tiles<const N: usize>(
     let cfg = config(N);
     let mut scratch = Scratch {
         sums: [[0; MAX_ROWS * 16]; 2],
-        weights: [[0; 512]; 2],
+        weights: [[0; 512]; RING],
     };
     let a_stride = acts.cols;
     // SAFETY: a valid palette-1 configuration.
@@ -235,13 +241,15 @@ unsafe fn tiles<const N: usize>(
         };
         let mut acc = [_mm512_setzero_ps(); N];
         if pair == 1 {
-            scratch.weights = [[0; 512]; 2];
+            scratch.weights = [[0; 512]; RING];
         }
-        weight_tile(kind, quants(0), &mut scratch.weights[0]);
+        for b in 0..AHEAD.min(nb) {
+            weight_tile(kind, quants(b), &mut scratch.weights[b % RING]);
+        }
         for b in 0..nb + 2 {
             if b < nb {
                 let a_ptr = acts.qs[(row0 * a_stride + 32 * b)..].as_ptr();
-                let w = scratch.weights[b % 2].as_ptr();
+                let w = scratch.weights[b % RING].as_ptr();
                 // SAFETY: rows row0..row0+N of 32 bytes at stride `cols` lie in
                 // `acts.qs` (checked in `entry`); the weight tile is 8 × 64
                 // bytes of `scratch`.
@@ -252,8 +260,12 @@ unsafe fn tiles<const N: usize>(
                 // SAFETY: the C tile stores N × 64 bytes into `sums`.
                 unsafe { store((b - 1) % 2, sums) };
             }
-            if b + 1 < nb {
-                weight_tile(kind, quants(b + 1), &mut scratch.weights[(b + 1) % 2]);
+            if b + AHEAD < nb {
+                weight_tile(
+                    kind,
+                    quants(b + AHEAD),
+                    &mut scratch.weights[(b + AHEAD) % RING],
+                );
             }
             if b >= 2 {
                 let b = b - 2;
