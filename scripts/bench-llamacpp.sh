@@ -20,7 +20,16 @@ CACHE="${PDSERVE_CACHE:-$HOME/.cache/pdserve}"
 VENV="$CACHE/venv-llamacpp"
 LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 # Native CPU build; no BLAS (we compare against the plain ggml CPU kernels).
-LLAMA_CMAKE_ARGS="${LLAMA_CMAKE_ARGS:--DGGML_NATIVE=ON -DGGML_BLAS=OFF -DLLAMA_CURL=OFF}"
+# On CPUs with AMX, 0.3.36's native build (which turns ggml's AMX path on)
+# segfaults in llama_decode on the 512-token prefill (seen 2026-12-01, Xeon with
+# AMX), so there the ISA is named explicitly: the same AVX-512 kernels, no AMX.
+default_cmake_args="-DGGML_NATIVE=ON -DGGML_BLAS=OFF -DLLAMA_CURL=OFF"
+if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
+    default_cmake_args="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+    default_cmake_args+=" -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_BF16=ON"
+    default_cmake_args+=" -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_BLAS=OFF -DLLAMA_CURL=OFF"
+fi
+LLAMA_CMAKE_ARGS="${LLAMA_CMAKE_ARGS:-$default_cmake_args}"
 PYTHON="${PYTHON:-python3}"
 
 log() { echo "bench-llamacpp: $*" >&2; }
@@ -43,12 +52,14 @@ fi
 stamp="$VENV/.pdserve-llamacpp"
 want="llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION $LLAMA_CMAKE_ARGS $(uname -m)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$VENV/bin/python" -c 'import llama_cpp' 2>/dev/null; then
+    # --force-reinstall: the same version built with other CMake arguments must
+    # be rebuilt (pip would otherwise keep the installed one).
     log "building llama-cpp-python $LLAMA_CPP_PYTHON_VERSION from source into $VENV (takes minutes)"
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
     start=$(date +%s)
     n=1
     until CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-        "$VENV/bin/python" -m pip install --quiet --no-cache-dir \
+        "$VENV/bin/python" -m pip install --quiet --no-cache-dir --force-reinstall \
         --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"; do
         [ "$n" -lt 3 ] || die "pip install llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION failed $n times"
         log "install attempt $n failed, retrying"
