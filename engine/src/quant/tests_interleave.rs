@@ -61,19 +61,7 @@ fn simd_group_kernels_match_portable_bitwise() {
     let mut rng = Rng::new(32);
     for dtype in TYPES {
         let (nb, ng) = (5, 3);
-        let bb = dtype.block_bytes();
-        let mut group: Vec<u8> = (0..ng * GROUP * nb * bb)
-            .map(|_| rng.next_u64() as u8)
-            .collect();
-        // Scales: finite f16 in a sane range (|d| < 2, normal numbers).
-        let fields = if dtype == DType::Q4_1 { 2 } else { 1 };
-        for b in 0..ng * nb {
-            for k in 0..GROUP * fields {
-                let v = rng.f32() * 2.0;
-                let h = super::blocks::f16_bytes(v);
-                group[b * GROUP * bb + 2 * k..][..2].copy_from_slice(&h);
-            }
-        }
+        let group = random_groups(&mut rng, dtype, nb, ng);
         for n in 1..=4 {
             let mut x = rng.vec(n * 32 * nb, 1.0);
             x[0] = 40.0; // one block's amax: its other values shrink to small quants
@@ -101,7 +89,8 @@ fn simd_group_kernels_match_portable_bitwise() {
     }
 }
 
-/// Random group bytes for `ng` groups of `nb` blocks, with finite f16 scales.
+/// Random group bytes for `ng` groups of `nb` blocks (every quant byte random),
+/// with finite f16 scales in a sane range (|d| < 2, normal numbers).
 fn random_groups(rng: &mut Rng, dtype: DType, nb: usize, ng: usize) -> Vec<u8> {
     let bb = dtype.block_bytes();
     let mut group: Vec<u8> = (0..ng * GROUP * nb * bb)
