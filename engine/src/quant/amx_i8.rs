@@ -90,34 +90,22 @@ pub fn kernel(dtype: DType) -> Option<TileKernel> {
         return None;
     }
     Some(match dtype {
-        DType::Q4_0 => |g, nb, a, r, o| entry(Kind::Q4_0, g, nb, a, r, o),
-        DType::Q4_1 => |g, nb, a, r, o| entry(Kind::Q4_1, g, nb, a, r, o),
-        DType::Q8_0 => |g, nb, a, r, o| entry(Kind::Q8_0, g, nb, a, r, o),
+        DType::Q4_0 => |g, nb, a, r, o| entry(DType::Q4_0, g, nb, a, r, o),
+        DType::Q4_1 => |g, nb, a, r, o| entry(DType::Q4_1, g, nb, a, r, o),
+        DType::Q8_0 => |g, nb, a, r, o| entry(DType::Q8_0, g, nb, a, r, o),
         _ => return None,
     })
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Q4_0,
-    Q4_1,
-    Q8_0,
-}
-
-impl Kind {
-    /// Bytes per block per row, and offset of the quants inside a group's block.
-    fn block_bytes(self) -> (usize, usize) {
-        match self {
-            Kind::Q4_0 => (18, 16),
-            Kind::Q4_1 => (20, 32),
-            Kind::Q8_0 => (34, 16),
-        }
-    }
+/// Bytes per block per row, and where the quants start inside a group's block
+/// (after its eight rows' f16 scale fields).
+fn block_shape(dtype: DType) -> (usize, usize) {
+    (dtype.block_bytes(), 16 * super::interleave::shape(dtype).0)
 }
 
 /// Checks the lengths, then runs the const-size kernel for `rows.len()`.
 fn entry(
-    kind: Kind,
+    dtype: DType,
     groups: &[u8],
     nb: usize,
     acts: &QActs,
@@ -126,7 +114,7 @@ fn entry(
 ) {
     assert!(available());
     let n = rows.len();
-    let (bb, _) = kind.block_bytes();
+    let (bb, _) = block_shape(dtype);
     let group_bytes = GROUP * bb * nb;
     let ng = groups.len().checked_div(group_bytes).unwrap_or(0);
     if n == 0 || ng == 0 {
@@ -140,7 +128,7 @@ fn entry(
             match n {
                 // SAFETY: lengths checked above; `available` checked the CPU
                 // features and the tile permission.
-                $($n => unsafe { tiles::<$n>(kind, groups, nb, ng, acts, rows.start, out) },)*
+                $($n => unsafe { tiles::<$n>(dtype, groups, nb, ng, acts, rows.start, out) },)*
                 _ => unreachable!(),
             }
         };
@@ -183,9 +171,9 @@ fn config(n: usize) -> TileConfig {
     c
 }
 
-/// 64-byte aligned scratch, double-buffered by block parity: a group pair's
-/// sums (`[N][16]` i32) and its weight tile (8 rows of 64 bytes: the first
-/// group's 4-byte columns, then the second's).
+/// 64-byte aligned scratch: a group pair's sums (`[N][16]` i32), double-buffered
+/// by block parity, and a ring of its weight tiles (8 rows of 64 bytes: the
+/// first group's 4-byte columns, then the second's).
 #[repr(C, align(64))]
 struct Scratch {
     sums: [[i32; MAX_ROWS * 16]; 2],
@@ -215,7 +203,7 @@ const PREFETCH: usize = 8;
 /// and the lengths were checked by [`entry`].
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,f16c,fma")]
 unsafe fn tiles<const N: usize>(
-    kind: Kind,
+    dtype: DType,
     groups: &[u8],
     nb: usize,
     ng: usize,
@@ -223,7 +211,7 @@ unsafe fn tiles<const N: usize>(
     row0: usize,
     out: &mut [[f32; GROUP]],
 ) {
-    let (bb, quants_at) = kind.block_bytes();
+    let (bb, quants_at) = block_shape(dtype);
     let group_bytes = GROUP * bb * nb;
     let cfg = config(N);
     let mut scratch = Scratch {
@@ -248,7 +236,7 @@ unsafe fn tiles<const N: usize>(
             scratch.weights = [[0; 512]; RING];
         }
         for b in 0..AHEAD.min(nb) {
-            weight_tile(kind, quants(b), &mut scratch.weights[b % RING]);
+            weight_tile(dtype, quants(b), &mut scratch.weights[b % RING]);
         }
         for b in 0..nb + 2 {
             if b < nb {
@@ -257,7 +245,7 @@ unsafe fn tiles<const N: usize>(
                 // SAFETY: rows row0..row0+N of 32 bytes at stride `cols` lie in
                 // `acts.qs` (checked in `entry`); the weight tile is 8 × 64
                 // bytes of `scratch`.
-                unsafe { issue(kind == Kind::Q8_0, b % 2, a_ptr, a_stride, w) };
+                unsafe { issue(dtype == DType::Q8_0, b % 2, a_ptr, a_stride, w) };
             }
             if (1..=nb).contains(&b) {
                 let sums = scratch.sums[(b - 1) % 2].as_mut_ptr() as *mut u8;
@@ -277,7 +265,7 @@ unsafe fn tiles<const N: usize>(
             }
             if b + AHEAD < nb {
                 weight_tile(
-                    kind,
+                    dtype,
                     quants(b + AHEAD),
                     &mut scratch.weights[(b + AHEAD) % RING],
                 );
@@ -285,7 +273,7 @@ unsafe fn tiles<const N: usize>(
             if b >= 2 {
                 let b = b - 2;
                 scale_add(
-                    kind,
+                    dtype,
                     pair,
                     &blk(0, b)[..32],
                     &blk(pair - 1, b)[..32],
@@ -362,7 +350,7 @@ unsafe fn store(par: usize, sums: *mut u8) {
 /// when there is none). Q8_0 chunks are copied; Q4 chunk t (low nibbles
 /// values 4t.., high nibbles 16 + 4t..) becomes rows t and 4 + t.
 #[target_feature(enable = "avx512f,avx512bw")]
-fn weight_tile(kind: Kind, (q0, q1): (&[u8], Option<&[u8]>), tile: &mut [u8; 512]) {
+fn weight_tile(dtype: DType, (q0, q1): (&[u8], Option<&[u8]>), tile: &mut [u8; 512]) {
     let chunk =
         |q: &[u8], c: usize| -> [u8; 32] { q[32 * c..32 * c + 32].try_into().expect("32 bytes") };
     let row = |c: usize| {
@@ -383,7 +371,7 @@ fn weight_tile(kind: Kind, (q0, q1): (&[u8], Option<&[u8]>), tile: &mut [u8; 512
         // SAFETY: a 64-byte store into a 64-byte array.
         unsafe { _mm512_storeu_si512(dst.as_mut_ptr() as *mut _, v) };
     };
-    if kind == Kind::Q8_0 {
+    if dtype == DType::Q8_0 {
         for r in 0..8 {
             store(r, row(r));
         }
@@ -405,7 +393,7 @@ fn weight_tile(kind: Kind, (q0, q1): (&[u8], Option<&[u8]>), tile: &mut [u8; 512
 #[target_feature(enable = "avx512f,avx512vl,f16c,fma")]
 #[inline]
 fn scale_add<const N: usize>(
-    kind: Kind,
+    dtype: DType,
     pair: usize,
     blk0: &[u8],
     blk1: &[u8],
@@ -429,10 +417,10 @@ fn scale_add<const N: usize>(
         _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(_mm256_castsi128_si256(lo), hi))
     };
     let dw = field(0);
-    let mw = match kind {
-        Kind::Q4_0 => Some(_mm512_mul_ps(dw, _mm512_set1_ps(-8.0))),
-        Kind::Q4_1 => Some(field(1)),
-        Kind::Q8_0 => None,
+    let mw = match dtype {
+        DType::Q4_0 => Some(_mm512_mul_ps(dw, _mm512_set1_ps(-8.0))),
+        DType::Q4_1 => Some(field(1)),
+        _ => None,
     };
     for (q, acc) in acc.iter_mut().enumerate() {
         let row: &[i32; 16] = sums[16 * q..16 * q + 16].try_into().expect("16 sums");

@@ -49,7 +49,7 @@ pub fn supports(dtype: DType) -> bool {
 }
 
 /// `(f16 scale fields, quant bytes)` per block of an interleavable type.
-fn shape(dtype: DType) -> (usize, usize) {
+pub(super) fn shape(dtype: DType) -> (usize, usize) {
     match dtype {
         DType::Q4_0 => (1, 16),
         DType::Q4_1 => (2, 16),
