@@ -49,7 +49,7 @@ pub const BLOCK: usize = 256;
 
 /// `out[i] = exp((block[i] - max) / t)` over the common length; `max` is the row
 /// maximum and `t > 0`, so every argument is `<= 0` (`-inf` gives 0). Vectorises.
-#[inline]
+#[inline(always)]
 pub fn exp_shifted_into(block: &[f32], max: f32, t: f32, out: &mut [f32]) {
     if t == 1.0 {
         // Dividing by 1 is exact: the same values without a division per entry
@@ -66,21 +66,35 @@ pub fn exp_shifted_into(block: &[f32], max: f32, t: f32, out: &mut [f32]) {
 
 /// Sum of at most `BLOCK` non-negative values in eight f32 lanes, returned as f64.
 /// Deterministic: the same values always give the same bits.
-#[inline]
+#[inline(always)]
 pub fn lane_sum(vals: &[f32]) -> f64 {
     const LANES: usize = 8;
+    // Value i goes to lane i % 8; whole chunks first, so that the lanes stay in a
+    // register (a partial chunk in the loop made LLVM keep them in memory).
     let mut acc = [0.0f32; LANES];
-    for lane in vals.chunks(LANES) {
+    let mut chunks = vals.chunks_exact(LANES);
+    for lane in &mut chunks {
         for (a, &v) in acc.iter_mut().zip(lane) {
             *a += v;
         }
+    }
+    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += v;
     }
     acc.iter().map(|&a| f64::from(a)).sum()
 }
 
 /// `Σ exp((x - max) / t)` over `logits` (see `exp_shifted_into`), as the f64 sum of the
-/// `lane_sum`s of consecutive `BLOCK`s, in order.
+/// `lane_sum`s of consecutive `BLOCK`s, in order; eight lanes wide on CPUs with
+/// AVX2 (`backend::cpu::vocab`), with the same bits.
 pub fn sum_exp_shifted(logits: &[f32], max: f32, t: f32) -> f64 {
+    crate::backend::cpu::vocab::sum_exp_shifted(logits, max, t)
+}
+
+/// [`sum_exp_shifted`] as compiled for the caller's target features (inlined into
+/// the AVX2 build).
+#[inline(always)]
+pub fn sum_exp_shifted_portable(logits: &[f32], max: f32, t: f32) -> f64 {
     let mut buf = [0.0f32; BLOCK];
     let mut total = 0.0f64;
     for block in logits.chunks(BLOCK) {

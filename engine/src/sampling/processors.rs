@@ -53,8 +53,16 @@ pub fn mask(logits: &mut [f32], ids: &[u32]) {
 
 /// Replaces NaN by `-inf` and `+inf` by `f32::MAX`, and returns `(argmax, max)` over
 /// the selectable entries (ties go to the lowest id), or `None` when every entry is
-/// `-inf`/NaN or the row is empty.
+/// `-inf`/NaN or the row is empty. Eight lanes wide on CPUs with AVX2
+/// (`backend::cpu::vocab`), with the same results.
 pub fn sanitize_argmax(logits: &mut [f32]) -> Option<(u32, f32)> {
+    crate::backend::cpu::vocab::sanitize_argmax(logits)
+}
+
+/// [`sanitize_argmax`] as compiled for the caller's target features (inlined into
+/// the AVX2 build).
+#[inline(always)]
+pub fn sanitize_argmax_portable(logits: &mut [f32]) -> Option<(u32, f32)> {
     // Branch-free passes that vectorise: clean up, lane-wise max, then the first
     // position holding the max.
     for x in logits.iter_mut() {
@@ -64,11 +72,17 @@ pub fn sanitize_argmax(logits: &mut [f32]) -> Option<(u32, f32)> {
             x.min(f32::MAX)
         };
     }
+    // Entry i goes to lane i % 8. Whole chunks first, so that the lanes stay in
+    // a register (a partial chunk in the loop made LLVM keep them in memory).
     let mut lanes = [f32::NEG_INFINITY; 8];
-    for chunk in logits.chunks(8) {
+    let mut chunks = logits.chunks_exact(8);
+    for chunk in &mut chunks {
         for (m, &x) in lanes.iter_mut().zip(chunk) {
             *m = if x > *m { x } else { *m };
         }
+    }
+    for (m, &x) in lanes.iter_mut().zip(chunks.remainder()) {
+        *m = if x > *m { x } else { *m };
     }
     let max = lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     if max == f32::NEG_INFINITY {

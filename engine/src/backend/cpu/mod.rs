@@ -12,6 +12,7 @@
 pub mod attention;
 pub mod ops;
 pub mod simd;
+pub mod vocab;
 
 use rayon::prelude::*;
 
