@@ -18,9 +18,17 @@
 //! output held in registers across all keys. Its arithmetic is the general path's,
 //! operation for operation (the `decode_rows_equal_prefill_rows` test holds it to
 //! bitwise equality), so a row's result never depends on how it was scheduled.
+//!
+//! A decode row's keys and values are read once per step, from memory (the
+//! weights stream through the caches between layers). Each worker takes runs of
+//! consecutive tasks, and a decode task asks for the next task's cache lines a
+//! few at a time while it computes (`KvLines`), so that the misses overlap the
+//! compute instead of stalling the core in a burst at the start of every task.
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::kv_lines::{KvLines, LINES_PER_KEY_STEP};
 use super::ops::{axpy, dot};
 #[cfg(target_arch = "x86_64")]
 use super::simd::{axpy_avx2, dot4_avx2, dot_avx2};
@@ -30,6 +38,8 @@ use crate::sampling::fastmath::exp_nonpos;
 
 /// Query rows of a prefill task whose scores are held at once.
 const ROW_TILE: usize = 64;
+/// Runs of consecutive tasks per rayon thread (see `attend`).
+const RUNS_PER_THREAD: usize = 2;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -77,23 +87,35 @@ fn attend<E: Elem>(
             .collect()
     };
     let avx2 = has_avx2_fma_f16c() && hd.is_multiple_of(8);
+    let task_of = |(si, g): &(usize, std::ops::Range<usize>)| HeadTask {
+        q,
+        layout: kv.layout,
+        data,
+        layer,
+        seq: &seqs[*si],
+        kv_heads: g.clone(),
+        n_heads,
+    };
+    // Each worker takes runs of consecutive tasks (a few runs per thread, so that
+    // work stealing still evens them out); a decode task streams the next task's
+    // keys and values into the cache while it computes (see `KvLines`).
+    let run_len = tasks
+        .len()
+        .div_ceil(RUNS_PER_THREAD * rayon::current_num_threads())
+        .max(1);
     let results: Vec<Vec<f32>> = tasks
-        .par_iter()
-        .map(|(si, g)| {
-            let task = HeadTask {
-                q,
-                layout: kv.layout,
-                data,
-                layer,
-                seq: &seqs[*si],
-                kv_heads: g.clone(),
-                n_heads,
-            };
-            if avx2 {
-                task.run_avx2()
-            } else {
-                task.run()
-            }
+        .par_chunks(run_len)
+        .flat_map_iter(|run| {
+            run.iter().enumerate().map(move |(k, t)| {
+                let task = task_of(t);
+                if !avx2 {
+                    return task.run();
+                }
+                // A decode task before this one in the run fetched its lines.
+                let fetched = k > 0 && seqs[run[k - 1].0].len == 1;
+                let next = run.get(k + 1).map(task_of);
+                task.run_avx2(fetched, next.as_ref())
+            })
         })
         .collect();
     for ((si, g), res) in tasks.iter().zip(results) {
@@ -187,31 +209,52 @@ struct HeadTask<'a, E> {
     n_heads: usize,
 }
 
-impl<E: Elem> HeadTask<'_, E> {
+impl<'a, E: Elem> HeadTask<'a, E> {
+    /// The AVX2 build. `fetched`: the previous task of the run already brought
+    /// this task's KV in; `next`: the task to bring in while this one computes.
     #[cfg(target_arch = "x86_64")]
-    fn run_avx2(&self) -> Vec<f32> {
+    fn run_avx2(&self, fetched: bool, next: Option<&HeadTask<'a, E>>) -> Vec<f32> {
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn inner<E: Elem>(t: &HeadTask<'_, E>) -> Vec<f32> {
-            t.run_with::<true>()
+        unsafe fn inner<'a, E: Elem>(
+            t: &HeadTask<'a, E>,
+            fetched: bool,
+            next: Option<&HeadTask<'a, E>>,
+        ) -> Vec<f32> {
+            t.run_with::<true>(fetched, next)
         }
         // SAFETY: only called when `has_avx2_fma_f16c()` reported the features (and
         // the head dimension is a multiple of 8, which the primitives assert).
-        unsafe { inner(self) }
+        unsafe { inner(self, fetched, next) }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    fn run_avx2(&self) -> Vec<f32> {
+    fn run_avx2(&self, _fetched: bool, _next: Option<&HeadTask<'a, E>>) -> Vec<f32> {
         self.run()
     }
 
     fn run(&self) -> Vec<f32> {
-        self.run_with::<false>()
+        self.run_with::<false>(false, None)
+    }
+
+    /// The cache lines of this task's keys and values (its whole context).
+    #[cfg(target_arch = "x86_64")]
+    fn kv_lines(&self) -> KvLines<'a, E> {
+        let hd = self.layout.head_dim;
+        KvLines::new(
+            self.data,
+            self.layout,
+            self.layer,
+            &self.seq.block_table,
+            self.seq.pos_start + self.seq.len,
+            self.kv_heads.start * hd..self.kv_heads.end * hd,
+        )
     }
 
     /// `[heads][len][head_dim]` attention output of the query heads sharing this
     /// task's KV heads (in head order), for the sequence's rows. Every head's
     /// arithmetic is the same whichever KV heads share the task.
     #[inline(always)]
-    fn run_with<const AVX: bool>(&self) -> Vec<f32> {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    fn run_with<const AVX: bool>(&self, fetched: bool, next: Option<&HeadTask<'a, E>>) -> Vec<f32> {
         let l = &self.layout;
         let hd = l.head_dim;
         let s = self.seq;
@@ -226,13 +269,17 @@ impl<E: Elem> HeadTask<'_, E> {
         // Decode rows take the faster route (AVX is only ever true on x86-64).
         #[cfg(target_arch = "x86_64")]
         if AVX && s.len == 1 {
-            self.prefetch_kv(ctx);
+            if !fetched {
+                self.kv_lines().issue(usize::MAX);
+            }
+            // The next task's lines, a few per step of this one's loops.
+            let mut ahead = next.filter(|n| n.seq.len == 1).map(HeadTask::kv_lines);
             let mut scores = vec![0f32; nh * ctx];
             let qi = &self.q[s.row_start * q_dim + h0 * hd..][..nh * hd];
             for (h, row) in scores.chunks_exact_mut(ctx).enumerate() {
                 let kv_head = self.kv_heads.start + h / group;
                 // SAFETY: `AVX` is only true inside `run_avx2`'s AVX2+FMA function.
-                unsafe { self.key_scores(kv_head, &qi[h * hd..][..hd], scale, row) };
+                unsafe { self.key_scores(kv_head, &qi[h * hd..][..hd], scale, row, &mut ahead) };
                 softmax_in_place(row);
             }
             if hd.is_multiple_of(64) {
@@ -244,7 +291,13 @@ impl<E: Elem> HeadTask<'_, E> {
                         let out = &mut res[h * hd + d0..][..64];
                         // SAFETY: as above.
                         unsafe {
-                            self.weighted_values_64(kv_head, d0, &scores[h * ctx..][..ctx], out)
+                            self.weighted_values_64(
+                                kv_head,
+                                d0,
+                                &scores[h * ctx..][..ctx],
+                                out,
+                                &mut ahead,
+                            )
                         };
                     }
                 }
@@ -256,6 +309,9 @@ impl<E: Elem> HeadTask<'_, E> {
                         });
                     }
                 });
+            }
+            if let Some(a) = &mut ahead {
+                a.issue(usize::MAX);
             }
             return res;
         }
@@ -296,38 +352,19 @@ impl<E: Elem> HeadTask<'_, E> {
         res
     }
 
-    /// Asks for this task's keys and values of the first `ctx` positions to be
-    /// brought into the cache (a decode row's whole KV is read once, straight
-    /// from memory: issuing every line up front overlaps the misses instead of
-    /// taking them one block at a time). Only a hint: no result depends on it.
-    #[cfg(target_arch = "x86_64")]
-    fn prefetch_kv(&self, ctx: usize) {
-        let l = &self.layout;
-        let (bs, kv_dim, hd) = (l.block_size, l.kv_dim(), l.head_dim);
-        let (start, len) = (self.kv_heads.start * hd, self.kv_heads.len() * hd);
-        let per_line = 64 / std::mem::size_of::<E>(); // elements per cache line
-        for b in 0..ctx.div_ceil(bs) {
-            let n = (ctx - b * bs).min(bs);
-            for values in [false, true] {
-                let slab = l.slab_offset(self.seq.block_table[b].0 as usize, self.layer, values);
-                for j in 0..n {
-                    let row = &self.data[slab + j * kv_dim + start..][..len];
-                    for line in row.chunks(per_line) {
-                        // SAFETY: a prefetch only hints the cache; the address is
-                        // inside `row` (a live slice).
-                        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr() as *const i8) };
-                    }
-                }
-            }
-        }
-    }
-
     /// `out[t] = (q · K[t][kv_head]) · scale` for every key of the sequence, four
     /// keys at a time (bitwise what the general path computes per key).
     #[cfg(target_arch = "x86_64")]
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn key_scores(&self, kv_head: usize, q: &[f32], scale: f32, out: &mut [f32]) {
+    unsafe fn key_scores(
+        &self,
+        kv_head: usize,
+        q: &[f32],
+        scale: f32,
+        out: &mut [f32],
+        ahead: &mut Option<KvLines<'a, E>>,
+    ) {
         let l = &self.layout;
         let (bs, kv_dim, hd) = (l.block_size, l.kv_dim(), l.head_dim);
         let ctx = out.len();
@@ -337,6 +374,9 @@ impl<E: Elem> HeadTask<'_, E> {
             let key = |j: usize| &self.data[slab + j * kv_dim + kv_head * hd..][..hd];
             let mut j = 0;
             while j + 4 <= n {
+                if let Some(a) = ahead {
+                    a.issue(LINES_PER_KEY_STEP);
+                }
                 // SAFETY: called from an AVX2+FMA function (this one).
                 let d = unsafe { dot4_avx2(q, [key(j), key(j + 1), key(j + 2), key(j + 3)]) };
                 for (o, d) in out[b * bs + j..][..4].iter_mut().zip(d) {
@@ -356,7 +396,14 @@ impl<E: Elem> HeadTask<'_, E> {
     #[cfg(target_arch = "x86_64")]
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn weighted_values_64(&self, kv_head: usize, d0: usize, p: &[f32], out: &mut [f32]) {
+    unsafe fn weighted_values_64(
+        &self,
+        kv_head: usize,
+        d0: usize,
+        p: &[f32],
+        out: &mut [f32],
+        ahead: &mut Option<KvLines<'a, E>>,
+    ) {
         let l = &self.layout;
         let (bs, kv_dim) = (l.block_size, l.kv_dim());
         let ctx = p.len();
@@ -368,6 +415,9 @@ impl<E: Elem> HeadTask<'_, E> {
             let n = (ctx - b * bs).min(bs);
             let v = &self.data[base..base + (n - 1) * kv_dim + 64];
             for (j, &pt) in p[b * bs..b * bs + n].iter().enumerate() {
+                if let Some(a) = ahead {
+                    a.issue(1);
+                }
                 let pv = _mm256_set1_ps(pt);
                 let row = &v[j * kv_dim..j * kv_dim + 64];
                 for (c, a) in acc.iter_mut().enumerate() {

@@ -10,6 +10,7 @@
 //! type is used in place from the mapped file.
 
 pub mod attention;
+mod kv_lines;
 pub mod ops;
 pub mod simd;
 pub mod vocab;
