@@ -15,21 +15,10 @@
 
 use crate::sampling::{fastmath, processors};
 
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// [`fastmath::sum_exp_shifted_portable`], with AVX2 where the CPU has it.
 pub fn sum_exp_shifted(logits: &[f32], max: f32, t: f32) -> f64 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if std::is_x86_feature_detected!("avx2") {
         #[target_feature(enable = "avx2")]
         fn avx2(logits: &[f32], max: f32, t: f32) -> f64 {
             fastmath::sum_exp_shifted_portable(logits, max, t)
@@ -43,7 +32,7 @@ pub fn sum_exp_shifted(logits: &[f32], max: f32, t: f32) -> f64 {
 /// [`processors::sanitize_argmax_portable`], with AVX2 where the CPU has it.
 pub fn sanitize_argmax(logits: &mut [f32]) -> Option<(u32, f32)> {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if std::is_x86_feature_detected!("avx2") {
         #[target_feature(enable = "avx2")]
         fn avx2(logits: &mut [f32]) -> Option<(u32, f32)> {
             processors::sanitize_argmax_portable(logits)
