@@ -11,7 +11,8 @@
 //!
 //! Safety: the entry points assert that `groups` holds whole groups of `nb`
 //! blocks (`nb · 8 · block_bytes` bytes each), that every activation row has `nb`
-//! blocks, and that `out` has a slot per group and activation row; they are only
+//! blocks, and that `out` has a row of eight floats per group for each activation
+//! row; they are only
 //! handed out by [`kernel`] after the CPU features were detected.
 
 use std::arch::x86_64::*;
@@ -39,17 +40,17 @@ pub(super) fn checked_blocks(
     groups: &[u8],
     block_bytes: usize,
     acts: &[ActRow<'_>],
-    out: &[[f32; GROUP]],
+    out: &[&mut [f32]],
 ) -> (usize, usize) {
     assert!(super::dot_avx2::available());
-    assert!(acts.len() <= 4);
+    assert!(acts.len() <= 4 && out.len() == acts.len());
     let nb = acts.first().map_or(0, |a| a.nb());
     for a in acts {
         assert!(a.nb() == nb && a.qs.len() >= 32 * nb && a.ds.len() >= 2 * nb);
     }
     let group_bytes = nb * GROUP * block_bytes;
     let ng = groups.len().checked_div(group_bytes).unwrap_or(0);
-    assert!(ng * group_bytes == groups.len() && out.len() >= ng * acts.len());
+    assert!(ng * group_bytes == groups.len() && out.iter().all(|o| o.len() >= ng * GROUP));
     (nb, ng)
 }
 
@@ -71,17 +72,17 @@ macro_rules! by_rows {
 }
 pub(super) use by_rows;
 
-fn q4_0(groups: &[u8], acts: &[ActRow<'_>], out: &mut [[f32; GROUP]]) {
+fn q4_0(groups: &[u8], acts: &[ActRow<'_>], out: &mut [&mut [f32]]) {
     let (nb, ng) = checked_blocks(groups, 18, acts, out);
     by_rows!(q4, false; groups, nb, ng, acts, out);
 }
 
-fn q4_1(groups: &[u8], acts: &[ActRow<'_>], out: &mut [[f32; GROUP]]) {
+fn q4_1(groups: &[u8], acts: &[ActRow<'_>], out: &mut [&mut [f32]]) {
     let (nb, ng) = checked_blocks(groups, 20, acts, out);
     by_rows!(q4, true; groups, nb, ng, acts, out);
 }
 
-fn q8_0(groups: &[u8], acts: &[ActRow<'_>], out: &mut [[f32; GROUP]]) {
+fn q8_0(groups: &[u8], acts: &[ActRow<'_>], out: &mut [&mut [f32]]) {
     let (nb, ng) = checked_blocks(groups, 34, acts, out);
     by_rows!(q8; groups, nb, ng, acts, out);
 }
@@ -95,20 +96,21 @@ pub(super) unsafe fn bcast4(p: *const i8) -> __m256i {
 
 /// The loop every kernel shares: for each of `ng` groups, `block(p, b, dw, acc)`
 /// for its blocks b in order (`p` the block's bytes, `dw` its eight rows' f16
-/// scales, `acc` the group's accumulators, one per activation row), then the
-/// accumulators stored at `out[g·N..g·N + N]`. Inlined into each kernel (and so
+/// scales, `acc` the group's accumulators, one per activation row), then
+/// accumulator i stored at `out[i][8g..8g + 8]`. Inlined into each kernel (and so
 /// compiled with its target features).
 ///
 /// # Safety
 /// `groups` holds `ng` groups of `nb` blocks of `block_bytes` (times 8) bytes and
-/// `out` at least `ng · N` slots (checked by `checked_blocks`); AVX2 + F16C.
+/// `out` N rows of at least `8 · ng` floats (checked by `checked_blocks`); AVX2 +
+/// F16C.
 #[inline(always)]
 pub(super) unsafe fn each_block<const N: usize>(
     groups: &[u8],
     nb: usize,
     ng: usize,
     block_bytes: usize,
-    out: &mut [[f32; GROUP]],
+    out: &mut [&mut [f32]],
     mut block: impl FnMut(*const u8, usize, __m256, &mut [__m256; N]),
 ) {
     for g in 0..ng {
@@ -122,9 +124,9 @@ pub(super) unsafe fn each_block<const N: usize>(
             };
             block(p, b, dw, &mut acc);
         }
-        for (i, a) in acc.iter().enumerate() {
-            // SAFETY: out[g·N + i] exists (the caller's contract), GROUP floats.
-            unsafe { _mm256_storeu_ps(out[g * N + i].as_mut_ptr(), *a) };
+        for (o, a) in out.iter_mut().zip(&acc) {
+            // SAFETY: `o` holds at least 8·ng floats (the caller's contract).
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(g * GROUP), *a) };
         }
     }
 }
@@ -137,7 +139,7 @@ unsafe fn q4<const N: usize, const HAS_M: bool>(
     nb: usize,
     ng: usize,
     acts: &[ActRow<'_>],
-    out: &mut [[f32; GROUP]],
+    out: &mut [&mut [f32]],
 ) {
     let (bb, fields) = if HAS_M { (20, 2) } else { (18, 1) };
     let mask = _mm256_set1_epi8(0x0f);
@@ -186,7 +188,7 @@ unsafe fn q8<const N: usize>(
     nb: usize,
     ng: usize,
     acts: &[ActRow<'_>],
-    out: &mut [[f32; GROUP]],
+    out: &mut [&mut [f32]],
 ) {
     let ones = _mm256_set1_epi16(1);
     let qp: [*const i8; N] = std::array::from_fn(|i| acts[i].qs.as_ptr());

@@ -26,7 +26,7 @@ use std::sync::OnceLock;
 
 use super::act::ActRow;
 use super::dot_avx2_i8::{bcast4, by_rows, checked_blocks, each_block};
-use super::interleave::{GroupFn, GROUP};
+use super::interleave::GroupFn;
 use super::DType;
 
 /// True if this CPU has AVX-512 VNNI on 256-bit vectors besides AVX2, FMA and
@@ -55,19 +55,19 @@ pub fn kernel(dtype: DType) -> Option<GroupFn> {
     })
 }
 
-fn q4_0(groups: &[u8], acts: &[ActRow<'_>], out: &mut [[f32; GROUP]]) {
+fn q4_0(groups: &[u8], acts: &[ActRow<'_>], out: &mut [&mut [f32]]) {
     assert!(available());
     let (nb, ng) = checked_blocks(groups, 18, acts, out);
     by_rows!(q4, false; groups, nb, ng, acts, out);
 }
 
-fn q4_1(groups: &[u8], acts: &[ActRow<'_>], out: &mut [[f32; GROUP]]) {
+fn q4_1(groups: &[u8], acts: &[ActRow<'_>], out: &mut [&mut [f32]]) {
     assert!(available());
     let (nb, ng) = checked_blocks(groups, 20, acts, out);
     by_rows!(q4, true; groups, nb, ng, acts, out);
 }
 
-fn q8_0(groups: &[u8], acts: &[ActRow<'_>], out: &mut [[f32; GROUP]]) {
+fn q8_0(groups: &[u8], acts: &[ActRow<'_>], out: &mut [&mut [f32]]) {
     assert!(available());
     let (nb, ng) = checked_blocks(groups, 34, acts, out);
     assert!(acts.iter().all(|a| a.bsums.len() >= 2 * nb));
@@ -92,7 +92,7 @@ unsafe fn q4<const N: usize, const HAS_M: bool>(
     nb: usize,
     ng: usize,
     acts: &[ActRow<'_>],
-    out: &mut [[f32; GROUP]],
+    out: &mut [&mut [f32]],
 ) {
     let (bb, fields) = if HAS_M { (20, 2) } else { (18, 1) };
     let mask = _mm256_set1_epi8(0x0f);
@@ -138,7 +138,7 @@ unsafe fn q8<const N: usize>(
     nb: usize,
     ng: usize,
     acts: &[ActRow<'_>],
-    out: &mut [[f32; GROUP]],
+    out: &mut [&mut [f32]],
 ) {
     let flip = _mm256_set1_epi8(i8::MIN);
     let qp: [*const i8; N] = std::array::from_fn(|i| acts[i].qs.as_ptr());

@@ -108,9 +108,10 @@ pub fn row_bytes_of(dtype: DType, data: &[u8], row: usize, row_bytes: usize, out
 }
 
 /// A group kernel: consecutive whole groups (`8 · row_bytes` bytes each) against
-/// up to four activation rows; `out[g·n + q][r]` = row r of group g · activation
-/// row q (n activation rows).
-pub type GroupFn = fn(&[u8], &[ActRow<'_>], &mut [[f32; GROUP]]);
+/// up to four activation rows; `out[q][8·g + r]` = row r of group g · activation
+/// row q (one output row per activation row, at least 8 floats per group: the
+/// caller's slice of y, so that nothing is copied afterwards).
+pub type GroupFn = fn(&[u8], &[ActRow<'_>], &mut [&mut [f32]]);
 
 /// The best group kernel for `dtype` on this CPU.
 pub fn kernel(dtype: DType) -> GroupFn {
@@ -132,8 +133,8 @@ pub fn simd_kernels(dtype: DType) -> Vec<(&'static str, GroupFn)> {
 }
 
 /// A tile kernel: whole groups (`nb` blocks per row) against up to
-/// [`TILE_ROWS_MAX`] activation rows of a [`super::act::QActs`]; writes like
-/// [`GroupFn`].
+/// [`TILE_ROWS_MAX`] activation rows of a [`super::act::QActs`]; `out[g·n + q][r]`
+/// = row r of group g · activation row q (n activation rows).
 pub type TileKernel =
     fn(&[u8], usize, &super::act::QActs, std::ops::Range<usize>, &mut [[f32; GROUP]]);
 
@@ -161,29 +162,29 @@ pub fn portable_kernel(dtype: DType) -> GroupFn {
 }
 
 /// Scalar reference of every interleaved kernel (see the module header).
-fn dot_portable(dtype: DType, groups: &[u8], acts: &[ActRow<'_>], out: &mut [[f32; GROUP]]) {
+fn dot_portable(dtype: DType, groups: &[u8], acts: &[ActRow<'_>], out: &mut [&mut [f32]]) {
     let Some(first) = acts.first() else { return };
     let (fields, qbytes) = shape(dtype);
     let bb = dtype.block_bytes();
     let group_bytes = (GROUP * bb * first.nb()).max(1);
-    let outs = out.chunks_exact_mut(acts.len());
-    for (group, out) in groups.chunks_exact(group_bytes).zip(outs) {
-        dot_group(dtype, fields, qbytes, group, acts, out);
+    for (g, group) in groups.chunks_exact(group_bytes).enumerate() {
+        dot_group(dtype, fields, qbytes, group, acts, g, out);
     }
 }
 
-/// [`dot_portable`] for one group.
+/// [`dot_portable`] for group `g`.
 fn dot_group(
     dtype: DType,
     fields: usize,
     qbytes: usize,
     group: &[u8],
     acts: &[ActRow<'_>],
-    out: &mut [[f32; GROUP]],
+    g: usize,
+    out: &mut [&mut [f32]],
 ) {
     let bb = dtype.block_bytes();
     for (a, o) in acts.iter().zip(out.iter_mut()) {
-        for (lane, o) in o.iter_mut().enumerate() {
+        for (lane, o) in o[g * GROUP..][..GROUP].iter_mut().enumerate() {
             let mut acc = 0f32;
             for b in 0..a.nb() {
                 let blk = &group[b * GROUP * bb..(b + 1) * GROUP * bb];

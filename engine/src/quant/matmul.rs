@@ -199,6 +199,21 @@ impl Out<'_, '_> {
         }
     }
 
+    /// Columns `c..c + len` of activation rows `q0..q0 + n` (n ≤ 4), for a group
+    /// kernel to write into; rows past `n` are empty.
+    fn rows4(&mut self, q0: usize, n: usize, c: usize, len: usize) -> [&mut [f32]; 4] {
+        match self {
+            Out::Strided(buf, ldo) => {
+                let mut rows = buf[q0 * *ldo..].chunks_mut((*ldo).max(1)).take(n);
+                std::array::from_fn(|_| rows.next().map_or(&mut [][..], |r| &mut r[c..c + len]))
+            }
+            Out::Rows(rows) => {
+                let mut rows = rows[q0..q0 + n].iter_mut();
+                std::array::from_fn(|_| rows.next().map_or(&mut [][..], |r| &mut r[c..c + len]))
+            }
+        }
+    }
+
     /// Runs a tile that writes `o[q·ldo + c]` (`n_i` activation rows × `n_r`
     /// weight rows), through a local buffer where the destination is not strided.
     fn strided(&mut self, n_r: usize, n_i: usize, f: impl FnOnce(&mut [f32], usize)) {
@@ -436,8 +451,9 @@ fn packed_tile(
 }
 
 /// The vector group kernel over activation rows `i`, `TILE_GROUPS` groups by
-/// four activation rows per call; activation row `q` goes to `out.row(q -
-/// out_first)`.
+/// four activation rows per call, writing straight into `out`; activation row `q`
+/// goes to `out.row(q - out_first)`. A tile whose last group is cut off at
+/// `r.end` (rows not a multiple of 8) goes through a local buffer.
 #[allow(clippy::too_many_arguments)]
 fn group_calls(
     m: &QMatrix,
@@ -452,20 +468,27 @@ fn group_calls(
     let group_bytes = GROUP * m.row_bytes();
     let bytes = m.data.bytes();
     let act_rows: Vec<ActRow<'_>> = i.clone().map(|ii| acts.row(ii)).collect();
-    let mut res = [[0f32; GROUP]; 4 * TILE_GROUPS];
+    let mut spare = [0f32; 4 * TILE_GROUPS * GROUP];
     for tile in groups.clone().step_by(TILE_GROUPS) {
         let tile = tile..(tile + TILE_GROUPS).min(groups.end);
         let w = &bytes[tile.start * group_bytes..tile.end * group_bytes];
+        let (c, len) = (tile.start * GROUP - r.start, tile.len() * GROUP);
+        let whole = tile.end * GROUP <= r.end;
         for (k, a4) in act_rows.chunks(4).enumerate() {
-            let res = &mut res[..tile.len() * a4.len()];
-            kern(w, a4, res);
-            scatter(
-                out,
-                res,
-                r.clone(),
-                tile.clone(),
-                i.start + 4 * k - out_first,
-            );
+            let q0 = i.start + 4 * k - out_first;
+            if whole {
+                let mut dst = out.rows4(q0, a4.len(), c, len);
+                kern(w, a4, &mut dst[..a4.len()]);
+                continue;
+            }
+            let mut bufs = spare.chunks_exact_mut(TILE_GROUPS * GROUP);
+            let mut dst: [&mut [f32]; 4] =
+                std::array::from_fn(|_| bufs.next().map_or(&mut [][..], |b| &mut b[..len]));
+            kern(w, a4, &mut dst[..a4.len()]);
+            let kept = r.end - tile.start * GROUP;
+            for (q, res) in (q0..).zip(&dst[..a4.len()]) {
+                out.row(q)[c..c + kept].copy_from_slice(&res[..kept]);
+            }
         }
     }
 }
