@@ -14,8 +14,11 @@
 //! own vectorization of the portable dot product used 128-bit shuffles).
 //!
 //! Decode rows (one query row per sequence, the bulk of batched decode) take a
-//! faster route in that AVX2 build: key scores four keys at a time and each head's
-//! output held in registers across all keys. Its arithmetic is the general path's,
+//! faster route in that AVX2 build: the query heads that share a KV head (up to
+//! three) are computed together, so that each key and value chunk is loaded and
+//! widened from f16 once for all of them (widening costs as much as an FMA);
+//! key scores four keys at a time, and the outputs held in registers across all
+//! keys. Its arithmetic is the general path's,
 //! operation for operation (the `decode_rows_equal_prefill_rows` test holds it to
 //! bitwise equality), so a row's result never depends on how it was scheduled.
 //!
@@ -31,7 +34,7 @@ use rayon::prelude::*;
 use super::kv_lines::{KvLines, LINES_PER_KEY_STEP};
 use super::ops::{axpy, dot};
 #[cfg(target_arch = "x86_64")]
-use super::simd::{axpy_avx2, dot4_avx2, dot_avx2};
+use super::simd::{axpy_avx2, dot4_heads_avx2, dot_avx2};
 use crate::backend::AttnSeq;
 use crate::kv::pool::{CpuKvPool, KvDtype, KvLayout};
 use crate::sampling::fastmath::exp_nonpos;
@@ -40,6 +43,11 @@ use crate::sampling::fastmath::exp_nonpos;
 const ROW_TILE: usize = 64;
 /// Runs of consecutive tasks per rayon thread (see `attend`).
 const RUNS_PER_THREAD: usize = 2;
+/// Query heads of one KV head that a decode row computes together.
+const HEADS_TOGETHER: usize = 3;
+/// Value dimensions a decode row's value pass holds in registers per head (with
+/// `HEADS_TOGETHER` heads: 12 accumulators and 4 value chunks).
+const VALUE_LANES: usize = 32;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -276,29 +284,59 @@ impl<'a, E: Elem> HeadTask<'a, E> {
             let mut ahead = next.filter(|n| n.seq.len == 1).map(HeadTask::kv_lines);
             let mut scores = vec![0f32; nh * ctx];
             let qi = &self.q[s.row_start * q_dim + h0 * hd..][..nh * hd];
-            for (h, row) in scores.chunks_exact_mut(ctx).enumerate() {
-                let kv_head = self.kv_heads.start + h / group;
+            // The query heads of each KV head, up to three at a time (each key
+            // and value chunk is loaded and widened once for all of them).
+            let head_sets: Vec<(usize, std::ops::Range<usize>)> = (0..self.kv_heads.len())
+                .flat_map(|k| {
+                    (k * group..(k + 1) * group)
+                        .step_by(HEADS_TOGETHER)
+                        .map(move |h| (k, h..(h + HEADS_TOGETHER).min((k + 1) * group)))
+                })
+                .collect();
+            for (k, heads) in &head_sets {
+                let kv_head = self.kv_heads.start + k;
+                let rows = &mut scores[heads.start * ctx..heads.end * ctx];
+                let q = |h: usize| &qi[h * hd..][..hd];
                 // SAFETY: `AVX` is only true inside `run_avx2`'s AVX2+FMA function.
-                unsafe { self.key_scores(kv_head, &qi[h * hd..][..hd], scale, row, &mut ahead) };
+                unsafe {
+                    match heads.len() {
+                        1 => {
+                            self.key_scores::<1>(kv_head, [q(heads.start)], scale, rows, &mut ahead)
+                        }
+                        2 => self.key_scores::<2>(
+                            kv_head,
+                            [q(heads.start), q(heads.start + 1)],
+                            scale,
+                            rows,
+                            &mut ahead,
+                        ),
+                        _ => self.key_scores::<3>(
+                            kv_head,
+                            [q(heads.start), q(heads.start + 1), q(heads.start + 2)],
+                            scale,
+                            rows,
+                            &mut ahead,
+                        ),
+                    }
+                }
+            }
+            for row in scores.chunks_exact_mut(ctx) {
                 softmax_in_place(row);
             }
-            if hd.is_multiple_of(64) {
+            if hd.is_multiple_of(VALUE_LANES) {
                 // Each head's output stays in registers over all keys: the same
                 // per-lane FMA chain in key order as the general path below.
-                for h in 0..nh {
-                    let kv_head = self.kv_heads.start + h / group;
-                    for d0 in (0..hd).step_by(64) {
-                        let out = &mut res[h * hd + d0..][..64];
-                        // SAFETY: as above.
-                        unsafe {
-                            self.weighted_values_64(
-                                kv_head,
-                                d0,
-                                &scores[h * ctx..][..ctx],
-                                out,
-                                &mut ahead,
-                            )
-                        };
+                for (k, heads) in &head_sets {
+                    let kv_head = self.kv_heads.start + k;
+                    let p = &scores[heads.start * ctx..heads.end * ctx];
+                    let out = &mut res[heads.start * hd..heads.end * hd];
+                    // SAFETY: as above.
+                    unsafe {
+                        match heads.len() {
+                            1 => self.weighted_values::<1>(kv_head, p, out, &mut ahead),
+                            2 => self.weighted_values::<2>(kv_head, p, out, &mut ahead),
+                            _ => self.weighted_values::<3>(kv_head, p, out, &mut ahead),
+                        }
                     }
                 }
             } else {
@@ -352,22 +390,23 @@ impl<'a, E: Elem> HeadTask<'a, E> {
         res
     }
 
-    /// `out[t] = (q · K[t][kv_head]) · scale` for every key of the sequence, four
-    /// keys at a time (bitwise what the general path computes per key).
+    /// `out[g·ctx + t] = (q[g] · K[t][kv_head]) · scale` for every key of the
+    /// sequence and each of the `G` query heads (`out` holds G rows of ctx), four
+    /// keys at a time (bitwise what the general path computes per key and head).
     #[cfg(target_arch = "x86_64")]
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn key_scores(
+    unsafe fn key_scores<const G: usize>(
         &self,
         kv_head: usize,
-        q: &[f32],
+        q: [&[f32]; G],
         scale: f32,
         out: &mut [f32],
         ahead: &mut Option<KvLines<'a, E>>,
     ) {
         let l = &self.layout;
         let (bs, kv_dim, hd) = (l.block_size, l.kv_dim(), l.head_dim);
-        let ctx = out.len();
+        let ctx = out.len() / G;
         for b in 0..ctx.div_ceil(bs) {
             let slab = l.slab_offset(self.seq.block_table[b].0 as usize, self.layer, false);
             let n = (ctx - b * bs).min(bs);
@@ -375,61 +414,76 @@ impl<'a, E: Elem> HeadTask<'a, E> {
             let mut j = 0;
             while j + 4 <= n {
                 if let Some(a) = ahead {
-                    a.issue(LINES_PER_KEY_STEP);
+                    a.issue(LINES_PER_KEY_STEP * G);
                 }
                 // SAFETY: called from an AVX2+FMA function (this one).
-                let d = unsafe { dot4_avx2(q, [key(j), key(j + 1), key(j + 2), key(j + 3)]) };
-                for (o, d) in out[b * bs + j..][..4].iter_mut().zip(d) {
-                    *o = d * scale;
+                let d = unsafe { dot4_heads_avx2(q, [key(j), key(j + 1), key(j + 2), key(j + 3)]) };
+                for (g, d) in d.iter().enumerate() {
+                    for (o, d) in out[g * ctx + b * bs + j..][..4].iter_mut().zip(d) {
+                        *o = d * scale;
+                    }
                 }
                 j += 4;
             }
             for j in j..n {
-                // SAFETY: as above.
-                out[b * bs + j] = unsafe { dot_avx2(q, key(j)) } * scale;
+                for (g, q) in q.iter().enumerate() {
+                    // SAFETY: as above.
+                    out[g * ctx + b * bs + j] = unsafe { dot_avx2(q, key(j)) } * scale;
+                }
             }
         }
     }
 
-    /// `out = Σ_t p[t] · V[t][kv_head][d0..d0 + 64]` over the sequence's keys in
-    /// position order, one FMA per lane and key (eight accumulators in registers).
+    /// `out[g·hd..][..hd] = Σ_t p[g·ctx + t] · V[t][kv_head]` for each of the `G`
+    /// query heads (`p` holds G rows of ctx probabilities) over the sequence's
+    /// keys in position order, one FMA per lane and key, `VALUE_LANES` dimensions
+    /// at a time held in registers: each value chunk is loaded and widened once
+    /// for all G heads.
     #[cfg(target_arch = "x86_64")]
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn weighted_values_64(
+    unsafe fn weighted_values<const G: usize>(
         &self,
         kv_head: usize,
-        d0: usize,
         p: &[f32],
         out: &mut [f32],
         ahead: &mut Option<KvLines<'a, E>>,
     ) {
+        const C: usize = VALUE_LANES / 8;
         let l = &self.layout;
-        let (bs, kv_dim) = (l.block_size, l.kv_dim());
-        let ctx = p.len();
-        assert!(out.len() == 64 && d0 + 64 <= l.head_dim && kv_head < l.num_kv_heads);
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for b in 0..ctx.div_ceil(bs) {
-            let slab = l.slab_offset(self.seq.block_table[b].0 as usize, self.layer, true);
-            let base = slab + kv_head * l.head_dim + d0;
-            let n = (ctx - b * bs).min(bs);
-            let v = &self.data[base..base + (n - 1) * kv_dim + 64];
-            for (j, &pt) in p[b * bs..b * bs + n].iter().enumerate() {
-                if let Some(a) = ahead {
-                    a.issue(1);
-                }
-                let pv = _mm256_set1_ps(pt);
-                let row = &v[j * kv_dim..j * kv_dim + 64];
-                for (c, a) in acc.iter_mut().enumerate() {
-                    // SAFETY: `row` holds 64 floats.
-                    let x = unsafe { E::load8(row.as_ptr().add(8 * c)) };
-                    *a = _mm256_fmadd_ps(pv, x, *a);
+        let (bs, kv_dim, hd) = (l.block_size, l.kv_dim(), l.head_dim);
+        let ctx = p.len() / G;
+        assert!(out.len() == G * hd && hd.is_multiple_of(VALUE_LANES) && kv_head < l.num_kv_heads);
+        for d0 in (0..hd).step_by(VALUE_LANES) {
+            let mut acc = [[_mm256_setzero_ps(); C]; G];
+            for b in 0..ctx.div_ceil(bs) {
+                let slab = l.slab_offset(self.seq.block_table[b].0 as usize, self.layer, true);
+                let base = slab + kv_head * hd + d0;
+                let n = (ctx - b * bs).min(bs);
+                let v = &self.data[base..base + (n - 1) * kv_dim + VALUE_LANES];
+                for j in 0..n {
+                    if let Some(a) = ahead {
+                        a.issue(G);
+                    }
+                    let row = &v[j * kv_dim..j * kv_dim + VALUE_LANES];
+                    // SAFETY: `row` holds VALUE_LANES = 8·C values.
+                    let x: [__m256; C] =
+                        std::array::from_fn(|c| unsafe { E::load8(row.as_ptr().add(8 * c)) });
+                    for (g, acc) in acc.iter_mut().enumerate() {
+                        let pv = _mm256_set1_ps(p[g * ctx + b * bs + j]);
+                        for (a, x) in acc.iter_mut().zip(&x) {
+                            *a = _mm256_fmadd_ps(pv, *x, *a);
+                        }
+                    }
                 }
             }
-        }
-        for (c, a) in acc.iter().enumerate() {
-            // SAFETY: `out` holds 64 floats (asserted).
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * c), *a) };
+            for (g, acc) in acc.iter().enumerate() {
+                let o = &mut out[g * hd + d0..][..VALUE_LANES];
+                for (c, a) in acc.iter().enumerate() {
+                    // SAFETY: `o` holds VALUE_LANES = 8·C floats.
+                    unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * c), *a) };
+                }
+            }
         }
     }
 }
@@ -508,16 +562,27 @@ mod tests {
         decode_rows_equal_prefill_rows::<half::f16>();
     }
 
-    /// A decode row (one query, any path the CPU picks: the register-held values
-    /// path for head_dim 64 and 128) is bitwise equal to the same row computed
+    /// A decode row (one query, any path the CPU picks: the query heads of a KV
+    /// head together, the register-held values path for head_dim 32, 64, 128) is bitwise equal to the same row computed
     /// inside a prefill chunk (of more than one `ROW_TILE`), and close to a plain
     /// f64 reference over the stored (widened) keys and values; a prefill split
     /// into two chunks is bitwise the whole one.
     fn decode_rows_equal_prefill_rows<E: KvElem>() {
-        for hd in [64, 128, 24] {
+        // Query heads per KV head (2 KV heads): 1, 2, 3 (computed together) and
+        // 4 and 7 (in sets of up to three).
+        let shapes = [
+            (64, 4),
+            (128, 4),
+            (24, 4),
+            (64, 2),
+            (64, 6),
+            (32, 8),
+            (64, 14),
+        ];
+        for (hd, n_heads) in shapes {
             let kv = pool::<E>(hd);
             let data = kv.elems::<E>().unwrap();
-            let (n_heads, len, layer) = (4, 100, 1);
+            let (len, layer) = (100, 1);
             assert!(len > ROW_TILE + 16, "the chunk spans several row tiles");
             let table: Vec<BlockId> = [5, 1, 6, 0, 7, 2, 3].into_iter().map(BlockId).collect();
             let q: Vec<f32> = (0..len * n_heads * hd)
@@ -556,7 +621,7 @@ mod tests {
                     .iter()
                     .zip(&all)
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "hd {hd}: chunked prefill differs from the whole"
+                "hd {hd} heads {n_heads}: chunked prefill differs from the whole"
             );
             for i in [0, 1, 15, 16, 17, 39, 63, 64, 65, 99] {
                 let mut one = vec![0f32; qd];
@@ -578,7 +643,7 @@ mod tests {
                     assert_eq!(
                         a.to_bits(),
                         b.to_bits(),
-                        "hd {hd} row {i} col {c}: {a} vs {b}"
+                        "hd {hd} heads {n_heads} row {i} col {c}: {a} vs {b}"
                     );
                 }
                 // f64 reference for this row.

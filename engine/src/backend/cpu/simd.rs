@@ -1,7 +1,7 @@
 //! Explicit AVX2+FMA float primitives for the CPU attention kernel, each with a
 //! fixed operation order so that every caller gets bitwise the same results: a dot
 //! product (one FMA chain over 8-lane chunks, then [`reduce_lanes`]), the same for
-//! four keys at once, and `y += a·x`.
+//! several query heads against four keys at once, and `y += a·x`.
 //!
 //! The second operand (keys, values) is any [`Load8`] type: f32, or f16 widened
 //! exactly by F16C, so that every product and sum is the same f32 arithmetic
@@ -74,26 +74,46 @@ pub(crate) fn reduce_lanes(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
 }
 
-/// `[q·k₀, q·k₁, q·k₂, q·k₃]`, each bitwise equal to [`dot_avx2`]: four FMA chains
-/// (one per key, so four independent ones in flight) and the same reduction,
-/// done for the four by unpacking instead of per dot.
+/// `[q_g·k₀, q_g·k₁, q_g·k₂, q_g·k₃]` for `G` query vectors (the query heads
+/// that share a KV head), each bitwise equal to [`dot_avx2`]: 4·G FMA chains,
+/// each key chunk loaded and widened once for all G, and the same reduction done
+/// for four dots at once by unpacking.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn dot4_avx2<K: Load8>(q: &[f32], k: [&[K]; 4]) -> [f32; 4] {
-    assert!(q.len().is_multiple_of(8) && k.iter().all(|k| k.len() == q.len()));
-    let mut acc = [_mm256_setzero_ps(); 4];
-    for c in 0..q.len() / 8 {
+pub(crate) unsafe fn dot4_heads_avx2<K: Load8, const G: usize>(
+    q: [&[f32]; G],
+    k: [&[K]; 4],
+) -> [[f32; 4]; G] {
+    let len = k[0].len();
+    assert!(len.is_multiple_of(8) && k.iter().all(|k| k.len() == len));
+    assert!(q.iter().all(|q| q.len() == len));
+    let mut acc = [[_mm256_setzero_ps(); 4]; G];
+    for c in 0..len / 8 {
         // SAFETY: chunk c lies within every slice (asserted).
         unsafe {
-            let qc = _mm256_loadu_ps(q.as_ptr().add(8 * c));
-            for (a, k) in acc.iter_mut().zip(&k) {
-                *a = _mm256_fmadd_ps(qc, K::load8(k.as_ptr().add(8 * c)), *a);
+            let kc: [__m256; 4] = std::array::from_fn(|j| K::load8(k[j].as_ptr().add(8 * c)));
+            for (acc, q) in acc.iter_mut().zip(&q) {
+                let qc = _mm256_loadu_ps(q.as_ptr().add(8 * c));
+                for (a, kc) in acc.iter_mut().zip(&kc) {
+                    *a = _mm256_fmadd_ps(qc, *kc, *a);
+                }
             }
         }
     }
+    let mut out = [[0f32; 4]; G];
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = reduce4(a);
+    }
+    out
+}
+
+/// The four lane sums of `acc`, each as [`reduce_lanes`] computes it.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn reduce4(acc: [__m256; 4]) -> [f32; 4] {
     // [x₀ | x₁] and [x₂ | x₃] with x_k = lo(acc_k) + hi(acc_k).
     let y01 = _mm256_add_ps(
         _mm256_permute2f128_ps::<0x20>(acc[0], acc[1]),
