@@ -493,7 +493,7 @@ fn group_calls(
     }
 }
 
-/// Copies a kernel's results (`res[g·n + q]`: group `groups.start + g`,
+/// Copies a tile kernel's results (`res[g·n + q]`: group `groups.start + g`,
 /// activation row q of n) into rows `q0..q0 + n` of `out`, columns relative to
 /// `r.start` (the last group may be cut off at `r.end`).
 fn scatter(out: &mut Out<'_, '_>, res: &[[f32; GROUP]], r: Range, groups: Range, q0: usize) {
