@@ -6,7 +6,7 @@
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::act::QActs;
+use super::act::QActsMut;
 use super::blocks::{bf16_at, f16_at};
 use super::matmul::{Dot8Fn, IntKernel};
 use super::DType;
@@ -68,14 +68,14 @@ pub(super) fn hsum(v: __m256) -> f32 {
 }
 
 /// Quantizes activations (see `act`); output identical to the scalar quantizer.
-pub fn quantize_acts(x: &[f32], a: &mut QActs) {
+pub fn quantize_acts(x: &[f32], a: &mut QActsMut<'_>) {
     assert!(available());
     // SAFETY: the CPU features were checked just above.
     unsafe { quantize_acts_impl(x, a) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn quantize_acts_impl(x: &[f32], a: &mut QActs) {
+fn quantize_acts_impl(x: &[f32], a: &mut QActsMut<'_>) {
     let block = a.block;
     let sign = _mm256_set1_ps(-0.0);
     for (b, xs) in x.chunks_exact(block).enumerate() {

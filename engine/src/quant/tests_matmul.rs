@@ -109,13 +109,17 @@ fn simd_kernels_match_portable() {
 #[test]
 fn act_quantizers_agree() {
     let mut rng = Rng::new(21);
-    for block in [32, 256] {
-        let mut x = rng.vec(3 * 512, 2.0);
+    // 40 rows × 512 values is past `QUANTIZE_PARALLEL_FROM`: split by rows.
+    for (rows, block) in [(3, 32), (3, 256), (40, 32), (40, 256)] {
+        let mut x = rng.vec(rows * 512, 2.0);
         x[5] = 0.0;
         x[100..132].iter_mut().for_each(|v| *v = 0.0); // an all-zero block
         let fast = QActs::quantize(&x, 512, block);
-        let mut slow = QActs::quantize(&x, 512, block);
-        quantize_acts_scalar(&x, &mut slow);
+        let mut slow = QActs::quantize(&x[..512], 512, block);
+        slow.qs.resize(x.len(), 0);
+        slow.ds.resize(2 * x.len() / block, 0.0);
+        slow.bsums.resize(x.len() / 16, 0);
+        quantize_acts_scalar(&x, &mut slow.as_mut());
         assert_eq!(fast.qs, slow.qs);
         assert_eq!(fast.ds, slow.ds);
         assert_eq!(fast.bsums, slow.bsums);
