@@ -296,27 +296,13 @@ impl<'a, E: Elem> HeadTask<'a, E> {
             for (k, heads) in &head_sets {
                 let kv_head = self.kv_heads.start + k;
                 let rows = &mut scores[heads.start * ctx..heads.end * ctx];
-                let q = |h: usize| &qi[h * hd..][..hd];
+                let q = &qi[heads.start * hd..heads.end * hd];
                 // SAFETY: `AVX` is only true inside `run_avx2`'s AVX2+FMA function.
                 unsafe {
                     match heads.len() {
-                        1 => {
-                            self.key_scores::<1>(kv_head, [q(heads.start)], scale, rows, &mut ahead)
-                        }
-                        2 => self.key_scores::<2>(
-                            kv_head,
-                            [q(heads.start), q(heads.start + 1)],
-                            scale,
-                            rows,
-                            &mut ahead,
-                        ),
-                        _ => self.key_scores::<3>(
-                            kv_head,
-                            [q(heads.start), q(heads.start + 1), q(heads.start + 2)],
-                            scale,
-                            rows,
-                            &mut ahead,
-                        ),
+                        1 => self.key_scores::<1>(kv_head, q, scale, rows, &mut ahead),
+                        2 => self.key_scores::<2>(kv_head, q, scale, rows, &mut ahead),
+                        _ => self.key_scores::<3>(kv_head, q, scale, rows, &mut ahead),
                     }
                 }
             }
@@ -390,16 +376,17 @@ impl<'a, E: Elem> HeadTask<'a, E> {
         res
     }
 
-    /// `out[g·ctx + t] = (q[g] · K[t][kv_head]) · scale` for every key of the
-    /// sequence and each of the `G` query heads (`out` holds G rows of ctx), four
-    /// keys at a time (bitwise what the general path computes per key and head).
+    /// `out[g·ctx + t] = (q_g · K[t][kv_head]) · scale` for every key of the
+    /// sequence and each of the `G` query heads (`q` holds their G consecutive
+    /// query vectors, `out` G rows of ctx), four keys at a time (bitwise what the
+    /// general path computes per key and head).
     #[cfg(target_arch = "x86_64")]
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn key_scores<const G: usize>(
         &self,
         kv_head: usize,
-        q: [&[f32]; G],
+        q: &[f32],
         scale: f32,
         out: &mut [f32],
         ahead: &mut Option<KvLines<'a, E>>,
@@ -407,6 +394,7 @@ impl<'a, E: Elem> HeadTask<'a, E> {
         let l = &self.layout;
         let (bs, kv_dim, hd) = (l.block_size, l.kv_dim(), l.head_dim);
         let ctx = out.len() / G;
+        let q: [&[f32]; G] = std::array::from_fn(|g| &q[g * hd..][..hd]);
         for b in 0..ctx.div_ceil(bs) {
             let slab = l.slab_offset(self.seq.block_table[b].0 as usize, self.layer, false);
             let n = (ctx - b * bs).min(bs);
