@@ -85,6 +85,11 @@ pub trait Backend: Send {
     fn kv_dtype(&self) -> KvDtype;
 
     fn upload_matrix(&self, m: &QMatrix) -> Result<Self::Matrix>;
+    /// All of a model's matrices at once, in order (a backend may lay them out
+    /// together); by default one [`Self::upload_matrix`] each.
+    fn upload_matrices(&self, ms: &[&QMatrix]) -> Result<Vec<Self::Matrix>> {
+        ms.iter().map(|m| self.upload_matrix(m)).collect()
+    }
     fn upload_vector(&self, v: &[f32]) -> Result<Self::Vector>;
     fn alloc_kv(&self, layout: KvLayout) -> Result<Self::Kv>;
     /// Zeroed `[len]` buffer.

@@ -11,6 +11,7 @@ pub use weights::{LayerWeights, ModelWeights, TensorNaming, TensorSource};
 use crate::backend::{Backend, ForwardBatch, MemKind};
 use crate::config::ModelConfig;
 use crate::kv::pool::{KvDtype, KvLayout};
+use crate::quant::QMatrix;
 use crate::sampling::device::{DevicePick, Picked};
 use crate::{BlockId, EngineError, Result};
 
@@ -84,33 +85,51 @@ impl<B: Backend> Model<B> {
         block_size: usize,
         num_blocks: usize,
     ) -> Result<Self> {
-        let up_m = |m| backend.upload_matrix(m);
+        // Every matrix in one upload (layer by layer, then the embedding and the
+        // lm_head), handed back out in the same order.
+        let mut all: Vec<&QMatrix> = Vec::with_capacity(7 * weights.layers.len() + 2);
+        for l in &weights.layers {
+            all.extend([&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]);
+        }
+        all.push(&weights.embed);
+        all.extend(weights.lm_head.as_ref());
+        let mut uploaded = backend.upload_matrices(&all)?.into_iter();
+        let mut up_m = || {
+            uploaded
+                .next()
+                .ok_or_else(|| EngineError::Device("the backend returned too few matrices".into()))
+        };
         let up_v = |v: &Vec<f32>| backend.upload_vector(v);
         let opt_v = |v: &Option<Vec<f32>>| v.as_ref().map(up_v).transpose();
         let mut layers = Vec::with_capacity(weights.layers.len());
         for l in &weights.layers {
             layers.push(Layer {
                 attn_norm: up_v(&l.attn_norm)?,
-                wq: up_m(&l.wq)?,
-                wk: up_m(&l.wk)?,
-                wv: up_m(&l.wv)?,
-                wo: up_m(&l.wo)?,
+                wq: up_m()?,
+                wk: up_m()?,
+                wv: up_m()?,
+                wo: up_m()?,
                 bq: opt_v(&l.bq)?,
                 bk: opt_v(&l.bk)?,
                 bv: opt_v(&l.bv)?,
                 q_norm: opt_v(&l.q_norm)?,
                 k_norm: opt_v(&l.k_norm)?,
                 ffn_norm: up_v(&l.ffn_norm)?,
-                w_gate: up_m(&l.w_gate)?,
-                w_up: up_m(&l.w_up)?,
-                w_down: up_m(&l.w_down)?,
+                w_gate: up_m()?,
+                w_up: up_m()?,
+                w_down: up_m()?,
             });
         }
+        let embed = up_m()?;
+        let lm_head = match weights.lm_head {
+            Some(_) => Some(up_m()?),
+            None => None,
+        };
         let kv_layout = Self::layout_for(&config, block_size, num_blocks, backend.kv_dtype());
         Ok(Model {
-            embed: up_m(&weights.embed)?,
+            embed,
             final_norm: up_v(&weights.final_norm)?,
-            lm_head: weights.lm_head.as_ref().map(up_m).transpose()?,
+            lm_head,
             kv: backend.alloc_kv(kv_layout)?,
             layers,
             kv_layout,

@@ -48,7 +48,7 @@ mod tests_interleave;
 #[cfg(test)]
 mod tests_matmul;
 
-use crate::storage::Storage;
+use crate::storage::{Arena, Storage};
 use crate::{EngineError, Result};
 
 pub use blocks::QK_K;
@@ -335,28 +335,67 @@ impl QMatrix {
     /// A mapped source's file pages are released as they are copied (they fault
     /// back in if `self` is read again): the copy is meant to replace it.
     pub fn interleaved(&self) -> Option<QMatrix> {
-        if self.layout != Layout::Rows || !interleave::supports(self.dtype) {
+        if !self.interleavable() {
             return None;
         }
+        let len = interleave::interleaved_len(self.rows, self.row_bytes());
+        let data = Storage::filled(len, |out| self.interleave_into(out));
+        Some(self.with_interleaved(data))
+    }
+
+    /// The interleaved copies of `mats` (those whose type has the layout; the
+    /// others as they are) in one [`Arena`], so that the weights a step streams
+    /// lie on huge pages. Same bytes as [`Self::interleaved`] one by one.
+    pub fn interleaved_all(mats: &[&QMatrix]) -> Result<Vec<QMatrix>> {
+        let len = |m: &QMatrix| interleave::interleaved_len(m.rows, m.row_bytes());
+        let copied = || mats.iter().filter(|m| m.interleavable());
+        let mut arena = Arena::new(copied().map(|m| len(m)))?;
+        let regions: Vec<usize> = copied()
+            .map(|m| {
+                let (at, out) = arena.region(len(m));
+                m.interleave_into(out);
+                at
+            })
+            .collect();
+        let map = arena.finish()?;
+        let mut regions = regions.into_iter();
+        Ok(mats
+            .iter()
+            .map(
+                |m| match m.interleavable().then(|| regions.next()).flatten() {
+                    Some(at) => m.with_interleaved(Arena::window(&map, at, len(m))),
+                    None => (*m).clone(),
+                },
+            )
+            .collect())
+    }
+
+    fn interleavable(&self) -> bool {
+        self.layout == Layout::Rows && interleave::supports(self.dtype)
+    }
+
+    /// Writes this row-major matrix's interleaved bytes into `out`, releasing
+    /// the mapped rows' pages in slices as they are copied, so that a large
+    /// mapped matrix is not resident twice at any time.
+    fn interleave_into(&self, out: &mut [u8]) {
         let rb = self.row_bytes();
-        let data = Storage::filled(interleave::interleaved_len(self.rows, rb), |out| {
-            // In slices, releasing each slice's file pages once copied, so that a
-            // large mapped matrix is not resident twice at any time.
-            let rows_per = (RELEASE_EVERY / rb.max(1)).max(1);
-            for first in (0..self.rows).step_by(rows_per) {
-                let n = rows_per.min(self.rows - first);
-                let src = &self.data.bytes()[first * rb..(first + n) * rb];
-                interleave::interleave_rows(self.dtype, src, first, rb, out);
-                self.data.release_range(first * rb, n * rb);
-            }
-        });
-        Some(QMatrix {
+        let rows_per = (RELEASE_EVERY / rb.max(1)).max(1);
+        for first in (0..self.rows).step_by(rows_per) {
+            let n = rows_per.min(self.rows - first);
+            let src = &self.data.bytes()[first * rb..(first + n) * rb];
+            interleave::interleave_rows(self.dtype, src, first, rb, out);
+            self.data.release_range(first * rb, n * rb);
+        }
+    }
+
+    fn with_interleaved(&self, data: Storage) -> QMatrix {
+        QMatrix {
             dtype: self.dtype,
             rows: self.rows,
             cols: self.cols,
             data,
             layout: Layout::Interleaved8,
-        })
+        }
     }
 }
 

@@ -9,6 +9,51 @@ use super::*;
 
 const TYPES: [DType; 3] = [DType::Q4_0, DType::Q4_1, DType::Q8_0];
 
+/// All of a model's matrices at once: each interleavable one is the same bytes as
+/// its own interleaved copy, in one arena whose regions do not overlap; the others
+/// (F32, Q4_K here) come back as they were.
+#[test]
+fn interleaved_all_equals_one_by_one() {
+    let mut rng = Rng::new(37);
+    let shapes = [
+        (DType::Q4_1, 21, 96),
+        (DType::F32, 3, 40),
+        (DType::Q8_0, 8, 64),
+        (DType::Q4_K, 2, 256),
+        (DType::Q4_0, 16, 32),
+    ];
+    let mats: Vec<QMatrix> = shapes
+        .iter()
+        .map(|&(d, r, c)| QMatrix::quantize_from_f32(d, r, c, &rng.vec(r * c, 0.5)))
+        .collect();
+    let refs: Vec<&QMatrix> = mats.iter().collect();
+    let all = QMatrix::interleaved_all(&refs).expect("arena");
+    assert_eq!(all.len(), mats.len());
+    let mut spans = Vec::new();
+    for (m, got) in mats.iter().zip(&all) {
+        match m.interleaved() {
+            Some(want) => {
+                assert_eq!(got.layout, Layout::Interleaved8);
+                assert_eq!(got.data.bytes(), want.data.bytes(), "{}", m.dtype);
+                assert!(matches!(got.data, crate::storage::Storage::Arena { .. }));
+                let at = got.data.bytes().as_ptr() as usize;
+                spans.push(at..at + got.data.len());
+            }
+            None => {
+                assert_eq!(got.layout, m.layout);
+                assert_eq!(got.data.bytes(), m.data.bytes(), "{}", m.dtype);
+            }
+        }
+    }
+    spans.sort_by_key(|r| r.start);
+    assert!(
+        spans.windows(2).all(|w| w[0].end <= w[1].start),
+        "regions overlap"
+    );
+    // No matrix to copy: an empty arena.
+    assert!(QMatrix::interleaved_all(&[]).expect("empty").is_empty());
+}
+
 #[test]
 fn interleave_round_trips_every_row() {
     let mut rng = Rng::new(31);

@@ -75,6 +75,10 @@ impl Backend for CpuBackend {
         // The interleaved copy releases the mapped rows' pages as it goes.
         Ok(m.interleaved().unwrap_or_else(|| m.clone()))
     }
+    fn upload_matrices(&self, ms: &[&QMatrix]) -> Result<Vec<QMatrix>> {
+        // One arena on huge pages for all the interleaved copies.
+        QMatrix::interleaved_all(ms)
+    }
     fn upload_vector(&self, v: &[f32]) -> Result<Vec<f32>> {
         Ok(v.to_vec())
     }
