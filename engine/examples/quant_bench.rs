@@ -167,16 +167,16 @@ fn bench_model(path: &std::path::Path, reps: usize, n_prefill: usize) {
             "ffn_up",
             "ffn_down",
         ] {
-            mats.push(as_cpu(
-                f.matrix(&format!("blk.{l}.{t}.weight")).expect("tensor"),
-            ));
+            mats.push(f.matrix(&format!("blk.{l}.{t}.weight")).expect("tensor"));
         }
     }
-    let head = as_cpu(
+    mats.push(
         f.matrix("output.weight")
             .or_else(|_| f.matrix("token_embd.weight"))
             .expect("lm head"),
     );
+    let mut mats = as_cpu(mats);
+    let head = mats.pop().expect("lm head");
     let bytes: usize = mats.iter().map(|m| m.data.len()).sum::<usize>() + head.data.len();
     let flops: usize = mats.iter().map(|m| 2 * m.rows * m.cols).sum();
     let head_flops = 2 * head.rows * head.cols;
@@ -278,13 +278,14 @@ fn bench_model(path: &std::path::Path, reps: usize, n_prefill: usize) {
     );
 }
 
-/// The matrix as the CPU backend holds it: interleaved where its type allows,
-/// unless `rows` is on the command line.
-fn as_cpu(m: QMatrix) -> QMatrix {
+/// The matrices as the CPU backend holds them: interleaved where their type
+/// allows, in one arena on huge pages, unless `rows` is on the command line.
+fn as_cpu(mats: Vec<QMatrix>) -> Vec<QMatrix> {
     if std::env::args().any(|a| a == "rows") {
-        return m;
+        return mats;
     }
-    m.interleaved().unwrap_or(m)
+    let refs: Vec<&QMatrix> = mats.iter().collect();
+    QMatrix::interleaved_all(&refs).expect("weights arena")
 }
 
 /// `batchN` on the command line: only time an N-sequence decode step.
