@@ -103,21 +103,24 @@ impl<B: Backend> Model<B> {
         let opt_v = |v: &Option<Vec<f32>>| v.as_ref().map(up_v).transpose();
         let mut layers = Vec::with_capacity(weights.layers.len());
         for l in &weights.layers {
+            // In the order of `all` (tuples evaluate left to right).
+            let (wq, wk, wv, wo) = (up_m()?, up_m()?, up_m()?, up_m()?);
+            let (w_gate, w_up, w_down) = (up_m()?, up_m()?, up_m()?);
             layers.push(Layer {
                 attn_norm: up_v(&l.attn_norm)?,
-                wq: up_m()?,
-                wk: up_m()?,
-                wv: up_m()?,
-                wo: up_m()?,
+                wq,
+                wk,
+                wv,
+                wo,
                 bq: opt_v(&l.bq)?,
                 bk: opt_v(&l.bk)?,
                 bv: opt_v(&l.bv)?,
                 q_norm: opt_v(&l.q_norm)?,
                 k_norm: opt_v(&l.k_norm)?,
                 ffn_norm: up_v(&l.ffn_norm)?,
-                w_gate: up_m()?,
-                w_up: up_m()?,
-                w_down: up_m()?,
+                w_gate,
+                w_up,
+                w_down,
             });
         }
         let embed = up_m()?;
