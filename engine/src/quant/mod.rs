@@ -348,25 +348,26 @@ impl QMatrix {
     /// lie on huge pages. Same bytes as [`Self::interleaved`] one by one.
     pub fn interleaved_all(mats: &[&QMatrix]) -> Result<Vec<QMatrix>> {
         let len = |m: &QMatrix| interleave::interleaved_len(m.rows, m.row_bytes());
-        let copied = || mats.iter().filter(|m| m.interleavable());
-        let mut arena = Arena::new(copied().map(|m| len(m)))?;
-        let regions: Vec<usize> = copied()
+        let mut arena = Arena::new(mats.iter().filter(|m| m.interleavable()).map(|m| len(m)))?;
+        // Each matrix's region in the arena, or none when it stays as it is.
+        let regions: Vec<Option<usize>> = mats
+            .iter()
             .map(|m| {
-                let (at, out) = arena.region(len(m));
-                m.interleave_into(out);
-                at
+                m.interleavable().then(|| {
+                    let (at, out) = arena.region(len(m));
+                    m.interleave_into(out);
+                    at
+                })
             })
             .collect();
         let map = arena.finish()?;
-        let mut regions = regions.into_iter();
         Ok(mats
             .iter()
-            .map(
-                |m| match m.interleavable().then(|| regions.next()).flatten() {
-                    Some(at) => m.with_interleaved(Arena::window(&map, at, len(m))),
-                    None => (*m).clone(),
-                },
-            )
+            .zip(regions)
+            .map(|(m, region)| match region {
+                Some(at) => m.with_interleaved(Arena::window(&map, at, len(m))),
+                None => (*m).clone(),
+            })
             .collect())
     }
 
