@@ -14,6 +14,7 @@ mod kv_lines;
 pub mod ops;
 pub mod simd;
 pub mod vocab;
+mod warm;
 
 use rayon::prelude::*;
 
@@ -157,9 +158,10 @@ impl Backend for CpuBackend {
     }
 
     /// Runs on a rayon worker: parallel kernels launched from inside the pool skip
-    /// the cross-thread injection (≈10 µs per call, ~200 calls per decode step).
+    /// the cross-thread injection (≈10 µs per call, ~200 calls per decode step),
+    /// and the other workers are kept awake meanwhile (`warm`).
     fn run<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-        rayon::scope(|_| f())
+        warm::run_warm(f)
     }
 
     fn add_bias(&self, x: &mut Vec<f32>, b: &Vec<f32>) {
