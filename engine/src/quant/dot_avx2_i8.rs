@@ -87,6 +87,29 @@ fn q8_0(groups: &[u8], acts: &[ActRow<'_>], out: &mut [&mut [f32]]) {
     by_rows!(q8; groups, nb, ng, acts, out);
 }
 
+/// Interleaved blocks between the one being computed and the one being
+/// prefetched. A batched matmul reads each weight tile from memory (or L3) only
+/// in its first pass over four activation rows; the hardware prefetcher alone
+/// left that pass waiting on the weight loads. `quant_bench batch16`, 30
+/// alternating rounds in one process: all 211 matmuls of a batch-16 step took
+/// 6–10% less time with 12 to 48 blocks ahead than without (16 is the middle);
+/// batch 1 was unchanged or slightly faster.
+const PREFETCH_BLOCKS: usize = 16;
+
+/// Prefetches the cache lines of the interleaved block (eight rows of
+/// `block_bytes`) starting at `p`, which may lie past the end of the matrix
+/// (a prefetch never faults, and the pointer is never dereferenced).
+#[inline(always)]
+fn prefetch_block(p: *const u8, block_bytes: usize) {
+    let mut off = 0;
+    while off < GROUP * block_bytes {
+        // SAFETY: a prefetch is a hint; it reads nothing the program sees and
+        // does not fault on any address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8) };
+        off += 64;
+    }
+}
+
 /// Four activation bytes at `p`, broadcast to every 32-bit lane.
 #[inline(always)]
 pub(super) unsafe fn bcast4(p: *const i8) -> __m256i {
@@ -122,6 +145,10 @@ pub(super) unsafe fn each_block<const N: usize>(
                 let p = groups.as_ptr().add((g * nb + b) * GROUP * block_bytes);
                 (p, _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)))
             };
+            prefetch_block(
+                p.wrapping_add(PREFETCH_BLOCKS * GROUP * block_bytes),
+                block_bytes,
+            );
             block(p, b, dw, &mut acc);
         }
         for (o, a) in out.iter_mut().zip(&acc) {
