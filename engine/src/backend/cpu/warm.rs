@@ -6,9 +6,12 @@
 //! a futex; the next region then waits for it to be woken, which on a VM costs
 //! tens of µs. Measured at batch 16 on the 2-core machine (temporary counters):
 //! per matmul, 2 × wall − Σ task time was ~40 µs of thread time without keepers
-//! and about half that with them; forward passes alternating in one process
-//! (two without, two with) took 13–15% less time with keepers at batch 16 and
-//! 6–9% less at batch 1.
+//! and about half that with them. Forward passes alternating in one process
+//! took 9–18% less time with keepers at batch 16 (one by one, or two by two)
+//! and 6–10% less at batch 1; a three-way rotation (none, 500 µs, 5 ms) showed
+//! no batch-16 gain, so in-process alternation depends on the order, and the
+//! end-to-end figures in BENCHMARKS.md (bench-engine, separate processes) are
+//! the ones to trust.
 //!
 //! How: [`run_warm`] runs `f` on a pool worker and, beside it, one *keeper* job
 //! per other worker. A keeper polls `rayon::yield_now` — which runs any pending
@@ -17,7 +20,9 @@
 //! is done, when it finds itself on `f`'s own worker (that worker only pops it
 //! while waiting for stolen work, and must get back to `f`), or after
 //! [`MAX_IDLE`] without finding work (a long serial stretch: the worker then
-//! idles and sleeps as rayon normally lets it).
+//! idles and sleeps as rayon normally lets it). While idle it spins on
+//! `spin_loop` rather than `thread::yield_now`: with a `sched_yield` per idle
+//! poll, batch-16 passes took ~25% longer.
 //!
 //! Keepers are detached (`rayon::spawn`), not scoped: `yield_now` may hand a
 //! keeper another caller's whole job (a second engine in the same process
@@ -28,7 +33,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A keeper that found no work for this long returns (and its worker may sleep).
-const MAX_IDLE: Duration = Duration::from_micros(500);
+/// At 500 µs, keepers timed out in about half of the batch-16 forward passes
+/// (the pass's own thread off the CPU, or a long serial stretch) and were gone
+/// for ~5 ms of a ~33 ms pass on average; at 5 ms none timed out.
+const MAX_IDLE: Duration = Duration::from_millis(5);
 
 /// Polls between clock reads while idle (a clock read costs ~25 ns).
 const POLLS_PER_CLOCK_READ: u32 = 64;
