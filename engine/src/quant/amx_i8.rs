@@ -38,6 +38,7 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use super::act::QActs;
+use super::dot_avx2_i8::prefetch_block;
 use super::interleave::{TileKernel, GROUP};
 use super::DType;
 
@@ -257,11 +258,7 @@ unsafe fn tiles<const N: usize>(
             // reach runs on into the next pair's first group).
             for k in 0..pair {
                 let at = (g + k) * group_bytes + (b + PREFETCH) * GROUP * bb;
-                if let Some(lines) = groups.get(at..(at + GROUP * bb).min(groups.len())) {
-                    for line in lines.chunks(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(line.as_ptr() as *const i8);
-                    }
-                }
+                prefetch_block(groups.as_ptr().wrapping_add(at), bb);
             }
             if b + AHEAD < nb {
                 weight_tile(

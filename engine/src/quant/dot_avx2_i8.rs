@@ -98,9 +98,10 @@ const PREFETCH_BLOCKS: usize = 16;
 
 /// Prefetches the cache lines of the interleaved block (eight rows of
 /// `block_bytes`) starting at `p`, which may lie past the end of the matrix
-/// (a prefetch never faults, and the pointer is never dereferenced).
+/// (a prefetch never faults, and the pointer is never dereferenced). Shared with
+/// the AMX tile kernel.
 #[inline(always)]
-fn prefetch_block(p: *const u8, block_bytes: usize) {
+pub(super) fn prefetch_block(p: *const u8, block_bytes: usize) {
     let mut off = 0;
     while off < GROUP * block_bytes {
         // SAFETY: a prefetch is a hint; it reads nothing the program sees and
