@@ -568,6 +568,53 @@ mod tests {
         kv
     }
 
+    /// The one-loop softmax the vectorised passes replaced, kept as the
+    /// reference for their results.
+    fn softmax_one_loop(row: &mut [f32]) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut lanes = [0f32; 8];
+        for chunk in row.chunks_mut(8) {
+            for (x, lane) in chunk.iter_mut().zip(lanes.iter_mut()) {
+                *x = exp_nonpos(*x - max);
+                *lane += *x;
+            }
+        }
+        let sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+            + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+        let inv = 1.0 / sum;
+        for x in row.iter_mut() {
+            *x *= inv;
+        }
+    }
+
+    /// Rows of every length from 1 to 70 (whole chunks, tails, both): bitwise
+    /// the one-loop softmax, and within 1e-6 of an f64 softmax.
+    #[test]
+    fn softmax_passes_equal_the_one_loop_form() {
+        for len in 1..=70 {
+            let row: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 9.0)
+                .collect();
+            let (mut got, mut want) = (row.clone(), row.clone());
+            softmax_in_place(&mut got);
+            softmax_one_loop(&mut want);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "length {len}");
+            let max = row
+                .iter()
+                .copied()
+                .fold(f64::NEG_INFINITY, |m, x| m.max(x as f64));
+            let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+            for (g, &x) in got.iter().zip(&row) {
+                let exact = (x as f64 - max).exp() / sum;
+                assert!(
+                    (*g as f64 - exact).abs() <= 1e-6,
+                    "length {len}: {g} vs {exact}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn decode_rows_equal_prefill_rows_f32() {
         decode_rows_equal_prefill_rows::<f32>();
