@@ -226,13 +226,22 @@ unsafe fn q8<const N: usize>(
         each_block::<N>(groups, nb, ng, 34, out, |p, b, dw, acc| {
             let qs = p.add(16);
             let mut s32 = [_mm256_setzero_si256(); N];
-            for j in 0..8 {
-                let v = _mm256_loadu_si256(qs.add(32 * j) as *const __m256i);
-                let u = _mm256_sign_epi8(v, v);
-                for i in 0..N {
-                    let a = _mm256_sign_epi8(bcast4(qp[i].add(32 * b + 4 * j)), v);
-                    let pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), ones);
-                    s32[i] = _mm256_add_epi32(s32[i], pairs);
+            if N == 4 {
+                // Block b of each of the four activation rows and this block's 256
+                // quant bytes are in bounds (`checked_blocks`).
+                let s = q8_block4(qs, std::array::from_fn(|i| qp[i % N].add(32 * b)), ones);
+                for (d, s) in s32.iter_mut().zip(s) {
+                    *d = s;
+                }
+            } else {
+                for j in 0..8 {
+                    let v = _mm256_loadu_si256(qs.add(32 * j) as *const __m256i);
+                    let u = _mm256_sign_epi8(v, v);
+                    for i in 0..N {
+                        let a = _mm256_sign_epi8(bcast4(qp[i].add(32 * b + 4 * j)), v);
+                        let pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), ones);
+                        s32[i] = _mm256_add_epi32(s32[i], pairs);
+                    }
                 }
             }
             for i in 0..N {
@@ -242,4 +251,88 @@ unsafe fn q8<const N: usize>(
             }
         })
     }
+}
+
+/// The integer part of one Q8_0 block against four activation rows, in
+/// assembly: per 32-byte weight vector `v` (four quants of each of the eight
+/// rows), `|v|` once, then per activation row: broadcast four activation bytes,
+/// `sign` them by `v`, `maddubs` with `|v|`, widen the pairs to 32 bits, add.
+/// The same instructions on the same values as the intrinsics loop in `q8`.
+///
+/// Why assembly: compiled from intrinsics, LLVM held all eight weight vectors
+/// and their absolute values (16 registers) across the four rows and spilled
+/// the rows' accumulators to the stack, a store-and-reload chain per block.
+///
+/// # Safety
+/// `qs` points to 256 readable bytes, each `a[i]` to 32; the CPU has AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_block4(qs: *const u8, a: [*const i8; 4], ones: __m256i) -> [__m256i; 4] {
+    let (mut s0, mut s1, mut s2, mut s3) = (
+        _mm256_setzero_si256(),
+        _mm256_setzero_si256(),
+        _mm256_setzero_si256(),
+        _mm256_setzero_si256(),
+    );
+    macro_rules! step {
+        ($j:literal) => {
+            concat!(
+                "vmovdqu {v}, ymmword ptr [{qs} + 32*",
+                $j,
+                "]\n",
+                "vpsignb {u}, {v}, {v}\n",
+                "vpbroadcastd {t}, dword ptr [{a0} + 4*",
+                $j,
+                "]\n",
+                "vpsignb {t}, {t}, {v}\n",
+                "vpmaddubsw {t}, {u}, {t}\n",
+                "vpmaddwd {t}, {t}, {ones}\n",
+                "vpaddd {s0}, {s0}, {t}\n",
+                "vpbroadcastd {t}, dword ptr [{a1} + 4*",
+                $j,
+                "]\n",
+                "vpsignb {t}, {t}, {v}\n",
+                "vpmaddubsw {t}, {u}, {t}\n",
+                "vpmaddwd {t}, {t}, {ones}\n",
+                "vpaddd {s1}, {s1}, {t}\n",
+                "vpbroadcastd {t}, dword ptr [{a2} + 4*",
+                $j,
+                "]\n",
+                "vpsignb {t}, {t}, {v}\n",
+                "vpmaddubsw {t}, {u}, {t}\n",
+                "vpmaddwd {t}, {t}, {ones}\n",
+                "vpaddd {s2}, {s2}, {t}\n",
+                "vpbroadcastd {t}, dword ptr [{a3} + 4*",
+                $j,
+                "]\n",
+                "vpsignb {t}, {t}, {v}\n",
+                "vpmaddubsw {t}, {u}, {t}\n",
+                "vpmaddwd {t}, {t}, {ones}\n",
+                "vpaddd {s3}, {s3}, {t}\n",
+            )
+        };
+    }
+    // SAFETY: reads 256 bytes at `qs` and 32 at each `a[i]` (the caller's
+    // contract); writes only the named registers.
+    unsafe {
+        std::arch::asm!(
+            step!(0), step!(1), step!(2), step!(3),
+            step!(4), step!(5), step!(6), step!(7),
+            qs = in(reg) qs,
+            a0 = in(reg) a[0],
+            a1 = in(reg) a[1],
+            a2 = in(reg) a[2],
+            a3 = in(reg) a[3],
+            ones = in(ymm_reg) ones,
+            v = out(ymm_reg) _,
+            u = out(ymm_reg) _,
+            t = out(ymm_reg) _,
+            s0 = inout(ymm_reg) s0,
+            s1 = inout(ymm_reg) s1,
+            s2 = inout(ymm_reg) s2,
+            s3 = inout(ymm_reg) s3,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    [s0, s1, s2, s3]
 }
