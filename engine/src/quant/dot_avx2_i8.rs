@@ -9,6 +9,10 @@
 //! dot product of row r, so nothing is reduced horizontally. The float operations
 //! per (row, activation row) are exactly those of `interleave::dot_portable`.
 //!
+//! Q8_0 against four activation rows (the batched lm_head) runs the integer part
+//! of each block as inline assembly (`q8_block4`): compiled from intrinsics,
+//! LLVM's schedule spilled its accumulators.
+//!
 //! Safety: the entry points assert that `groups` holds whole groups of `nb`
 //! blocks (`nb · 8 · block_bytes` bytes each), that every activation row has `nb`
 //! blocks, and that `out` has a row of eight floats per group for each activation
