@@ -234,9 +234,7 @@ unsafe fn q8<const N: usize>(
                 // Block b of each of the four activation rows and this block's 256
                 // quant bytes are in bounds (`checked_blocks`).
                 let s = q8_block4(qs, std::array::from_fn(|i| qp[i % N].add(32 * b)), ones);
-                for (d, s) in s32.iter_mut().zip(s) {
-                    *d = s;
-                }
+                s32.copy_from_slice(&s);
             } else {
                 for j in 0..8 {
                     let v = _mm256_loadu_si256(qs.add(32 * j) as *const __m256i);

@@ -501,8 +501,6 @@ fn softmax_in_place(row: &mut [f32]) {
         .chain(&maxes)
         .copied()
         .fold(f32::NEG_INFINITY, f32::max);
-    // Two passes, each of which the compiler vectorises: the exponentials, then
-    // their sum (in one pass, it kept the lanes in memory and went scalar).
     for x in row.iter_mut() {
         *x = exp_nonpos(*x - max);
     }
