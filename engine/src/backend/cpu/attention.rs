@@ -23,10 +23,13 @@
 //! bitwise equality), so a row's result never depends on how it was scheduled.
 //!
 //! A decode row's keys and values are read once per step, from memory (the
-//! weights stream through the caches between layers). Each worker takes runs of
+//! weights stream through the caches between layers). Each worker takes a run of
 //! consecutive tasks, and a decode task asks for the next task's cache lines a
 //! few at a time while it computes (`KvLines`), so that the misses overlap the
 //! compute instead of stalling the core in a burst at the start of every task.
+//! A run's last task asks for the lines of the run's first task in the next
+//! layer: they wait in the caches (L3, after the layer's weights pass through
+//! L2) while the matmuls in between run.
 
 use rayon::prelude::*;
 
@@ -41,8 +44,10 @@ use crate::sampling::fastmath::exp_nonpos;
 
 /// Query rows of a prefill task whose scores are held at once.
 const ROW_TILE: usize = 64;
-/// Runs of consecutive tasks per rayon thread (see `attend`).
-const RUNS_PER_THREAD: usize = 2;
+/// Runs of consecutive tasks per rayon thread (see `attend`). One: every run
+/// starts with a task whose lines nobody fetched ahead, and with two runs per
+/// thread `attn_bench 16 80 evict` took ~15% longer (median 5.4 vs 4.6 ms).
+const RUNS_PER_THREAD: usize = 1;
 /// Query heads of one KV head that a decode row computes together.
 const HEADS_TOGETHER: usize = 3;
 /// Value dimensions a decode row's value pass holds in registers per head (with
@@ -104,9 +109,9 @@ fn attend<E: Elem>(
         kv_heads: g.clone(),
         n_heads,
     };
-    // Each worker takes runs of consecutive tasks (a few runs per thread, so that
-    // work stealing still evens them out); a decode task streams the next task's
-    // keys and values into the cache while it computes (see `KvLines`).
+    // Each worker takes a run of consecutive tasks; a decode task streams the
+    // next task's keys and values into the cache while it computes (see
+    // `KvLines`), and a run's last task the run's first of the next layer.
     let run_len = tasks
         .len()
         .div_ceil(RUNS_PER_THREAD * rayon::current_num_threads())
@@ -119,9 +124,25 @@ fn attend<E: Elem>(
                 if !avx2 {
                     return task.run();
                 }
-                // A decode task before this one in the run fetched its lines.
-                let fetched = k > 0 && seqs[run[k - 1].0].len == 1;
-                let next = run.get(k + 1).map(task_of);
+                let decode = |t: &(usize, std::ops::Range<usize>)| seqs[t.0].len == 1;
+                // A decode task before this one in the run fetched its lines; for
+                // the run's first task, the run's last task in the previous layer
+                // did (the same batch and thread count give the same runs in every
+                // layer of a step).
+                let fetched = if k > 0 {
+                    decode(&run[k - 1])
+                } else {
+                    layer > 0 && decode(&run[run.len() - 1]) && decode(t)
+                };
+                // The last task fetches the run's first task of the next layer.
+                let next = match run.get(k + 1) {
+                    Some(n) => Some(task_of(n)),
+                    None if layer + 1 < kv.layout.num_layers => Some(HeadTask {
+                        layer: layer + 1,
+                        ..task_of(&run[0])
+                    }),
+                    None => None,
+                };
                 task.run_avx2(fetched, next.as_ref())
             })
         })
