@@ -439,6 +439,7 @@ impl Engine {
         let mut fwd = self.runner.forward_picking(&batch, &picks)?;
         let vocab = self.runner.config().vocab_size;
         let mut sampled = self.sample_rows(&plan.chunks, &mut fwd, vocab);
+        self.runner.recycle_logits(std::mem::take(&mut fwd.logits));
         let mut outputs = Vec::new();
         for ch in &plan.chunks {
             let Some(tok) = sampled.remove(&ch.seq) else {

@@ -94,6 +94,14 @@ pub trait Backend: Send {
     fn alloc_kv(&self, layout: KvLayout) -> Result<Self::Kv>;
     /// Zeroed `[len]` buffer.
     fn alloc(&self, len: usize) -> Self::Buf;
+    /// A `[len]` buffer for an output that is then written whole (its contents
+    /// until then are unspecified). `spare` is a host vector the caller is done
+    /// with (a previous step's logits): a backend whose buffers are host vectors
+    /// reuses it rather than zeroing fresh memory. By default [`Self::alloc`].
+    fn alloc_output(&self, len: usize, spare: Option<Vec<f32>>) -> Self::Buf {
+        drop(spare);
+        self.alloc(len)
+    }
     /// A buffer holding `values` (converted to the backend's activation type).
     fn buf_from_host(&self, values: &[f32]) -> Self::Buf;
 

@@ -35,6 +35,12 @@ pub trait ModelRunner: Send {
             picked: vec![None; picks.len()],
         })
     }
+    /// Hands back a step's host logits once they are sampled, for the next
+    /// step's logits to reuse (see [`Backend::alloc_output`]). By default
+    /// dropped.
+    fn recycle_logits(&mut self, logits: Vec<f32>) {
+        drop(logits);
+    }
     fn kv_block_region(&self, block: BlockId) -> Option<(usize, usize, MemKind)>;
     fn read_kv_block(&self, block: BlockId, out: &mut [u8]) -> Result<()>;
     fn write_kv_block(&mut self, block: BlockId, data: &[u8]) -> Result<()>;
@@ -74,6 +80,8 @@ pub struct Model<B: Backend> {
     lm_head: Option<B::Matrix>,
     kv: B::Kv,
     kv_layout: KvLayout,
+    /// The last step's logits, handed back by the engine ([`ModelRunner::recycle_logits`]).
+    spare_logits: Option<Vec<f32>>,
 }
 
 impl<B: Backend> Model<B> {
@@ -136,6 +144,7 @@ impl<B: Backend> Model<B> {
             kv: backend.alloc_kv(kv_layout)?,
             layers,
             kv_layout,
+            spare_logits: None,
             backend,
             config,
         })
@@ -368,7 +377,8 @@ impl<B: Backend> Model<B> {
         be.gather_rows(&resid, &batch.logits_rows, h, &mut last);
         let mut last_normed = be.alloc(m * h);
         be.rms_norm(&last, &self.final_norm, eps, &mut last_normed);
-        let mut logits = be.alloc(m * c.vocab_size);
+        // Written whole by the lm_head.
+        let mut logits = be.alloc_output(m * c.vocab_size, self.spare_logits.take());
         be.matmul(
             &last_normed,
             self.lm_head.as_ref().unwrap_or(&self.embed),
@@ -455,6 +465,9 @@ impl<B: Backend> ModelRunner for Model<B> {
         self.fault_or(out)
     }
 
+    fn recycle_logits(&mut self, logits: Vec<f32>) {
+        self.spare_logits = Some(logits);
+    }
     fn kv_block_region(&self, block: BlockId) -> Option<(usize, usize, MemKind)> {
         self.backend.kv_block_region(&self.kv, block)
     }

