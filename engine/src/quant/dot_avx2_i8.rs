@@ -1,5 +1,5 @@
 //! AVX2 kernels for the interleaved layout (`interleave`): consecutive groups of
-//! eight weight rows against one to four activation rows.
+//! eight weight rows against activation rows, four at a time.
 //!
 //! Per block and activation row: eight `maddubs` of a weight vector (four quants
 //! of each of the eight rows) with four activation bytes broadcast to every lane,
@@ -47,7 +47,7 @@ pub(super) fn checked_blocks(
     out: &[&mut [f32]],
 ) -> (usize, usize) {
     assert!(super::dot_avx2::available());
-    assert!(acts.len() <= 4 && out.len() == acts.len());
+    assert!(out.len() == acts.len());
     let nb = acts.first().map_or(0, |a| a.nb());
     for a in acts {
         assert!(a.nb() == nb && a.qs.len() >= 32 * nb && a.ds.len() >= 2 * nb);
@@ -58,18 +58,20 @@ pub(super) fn checked_blocks(
     (nb, ng)
 }
 
-/// Calls `$f::<N, ..>` with N = the number of activation rows (1..=4).
-/// (Shared with `dot_vnni_i8`.)
+/// Calls `$f::<N, ..>` for the activation rows four at a time (N = the number
+/// in each set, 1..=4): one checked call covers them all. (Shared with
+/// `dot_vnni_i8`.)
 macro_rules! by_rows {
     ($f:ident $(, $c:expr)*; $g:expr, $nb:expr, $ng:expr, $a:expr, $o:expr) => {
-        // SAFETY: bounds checked by `checked_blocks`, CPU features by `kernel`.
-        unsafe {
-            match $a.len() {
-                1 => $f::<1 $(, $c)*>($g, $nb, $ng, $a, $o),
-                2 => $f::<2 $(, $c)*>($g, $nb, $ng, $a, $o),
-                3 => $f::<3 $(, $c)*>($g, $nb, $ng, $a, $o),
-                4 => $f::<4 $(, $c)*>($g, $nb, $ng, $a, $o),
-                _ => {}
+        for (a, o) in $a.chunks(4).zip($o.chunks_mut(4)) {
+            // SAFETY: bounds checked by `checked_blocks`, CPU features by `kernel`.
+            unsafe {
+                match a.len() {
+                    1 => $f::<1 $(, $c)*>($g, $nb, $ng, a, o),
+                    2 => $f::<2 $(, $c)*>($g, $nb, $ng, a, o),
+                    3 => $f::<3 $(, $c)*>($g, $nb, $ng, a, o),
+                    _ => $f::<4 $(, $c)*>($g, $nb, $ng, a, o),
+                }
             }
         }
     };

@@ -108,7 +108,8 @@ pub fn row_bytes_of(dtype: DType, data: &[u8], row: usize, row_bytes: usize, out
 }
 
 /// A group kernel: consecutive whole groups (`8 · row_bytes` bytes each) against
-/// up to four activation rows; `out[q][8·g + r]` = row r of group g · activation
+/// activation rows (four at a time: a tile of groups stays in cache while each set
+/// of four passes over it); `out[q][8·g + r]` = row r of group g · activation
 /// row q (one output row per activation row, at least 8 floats per group: the
 /// caller's slice of y, so that nothing is copied afterwards).
 pub type GroupFn = fn(&[u8], &[ActRow<'_>], &mut [&mut [f32]]);

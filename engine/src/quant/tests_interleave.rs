@@ -107,7 +107,8 @@ fn simd_group_kernels_match_portable_bitwise() {
     for dtype in TYPES {
         let (nb, ng) = (5, 3);
         let group = random_groups(&mut rng, dtype, nb, ng);
-        for n in 1..=4 {
+        // Up to 4 rows: one set of the kernel's; 5 to 9: several sets per call.
+        for n in 1..=9 {
             let mut x = rng.vec(n * 32 * nb, 1.0);
             x[0] = 40.0; // one block's amax: its other values shrink to small quants
             x[n * 32 * nb - 1] = -40.0;
