@@ -3,7 +3,8 @@
 //! Four paths:
 //! - interleaved: a matrix in the CPU backend's eight-row layout (`interleave`)
 //!   quantizes `x` once and runs its type's group kernel, a tile of groups
-//!   against up to 16 activation rows per call (four at a time inside) — or, on CPUs with AMX, its tile kernel for chunks of 12 to 16 rows;
+//!   against up to 16 activation rows per call (four at a time inside) — or,
+//!   on CPUs with AMX, its tile kernel for chunks of 12 to 16 rows;
 //!   every kernel is bitwise equal to the portable one, so no row's result
 //!   depends on n;
 //! - integer: weight types with an 8-bit kernel (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
@@ -461,8 +462,8 @@ fn packed_tile(
 }
 
 /// The vector group kernel over activation rows `i`, `TILE_GROUPS` groups by
-/// up to `CALL_ROWS` activation rows per call, writing straight into `out`; activation row `q`
-/// goes to `out.row(q - out_first)`. A tile whose last group is cut off at
+/// up to `CALL_ROWS` activation rows per call, writing straight into `out`;
+/// activation row `q` goes to `out.row(q - out_first)`. A tile whose last group is cut off at
 /// `r.end` (rows not a multiple of 8) goes through a local buffer.
 #[allow(clippy::too_many_arguments)]
 fn group_calls(
