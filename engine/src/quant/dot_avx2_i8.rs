@@ -278,6 +278,28 @@ unsafe fn q8_block4(qs: *const u8, a: [*const i8; 4], ones: __m256i) -> [__m256i
         _mm256_setzero_si256(),
         _mm256_setzero_si256(),
     );
+    // One activation row: broadcast its four bytes, sign them by `v`,
+    // `maddubs` with `|v|`, widen the pairs to 32 bits, add to the row's sums.
+    macro_rules! row {
+        ($j:literal, $a:literal, $s:literal) => {
+            concat!(
+                "vpbroadcastd {t}, dword ptr [{",
+                $a,
+                "} + 4*",
+                $j,
+                "]\n",
+                "vpsignb {t}, {t}, {v}\n",
+                "vpmaddubsw {t}, {u}, {t}\n",
+                "vpmaddwd {t}, {t}, {ones}\n",
+                "vpaddd {",
+                $s,
+                "}, {",
+                $s,
+                "}, {t}\n",
+            )
+        };
+    }
+    // One 32-byte weight vector against the four rows.
     macro_rules! step {
         ($j:literal) => {
             concat!(
@@ -285,34 +307,10 @@ unsafe fn q8_block4(qs: *const u8, a: [*const i8; 4], ones: __m256i) -> [__m256i
                 $j,
                 "]\n",
                 "vpsignb {u}, {v}, {v}\n",
-                "vpbroadcastd {t}, dword ptr [{a0} + 4*",
-                $j,
-                "]\n",
-                "vpsignb {t}, {t}, {v}\n",
-                "vpmaddubsw {t}, {u}, {t}\n",
-                "vpmaddwd {t}, {t}, {ones}\n",
-                "vpaddd {s0}, {s0}, {t}\n",
-                "vpbroadcastd {t}, dword ptr [{a1} + 4*",
-                $j,
-                "]\n",
-                "vpsignb {t}, {t}, {v}\n",
-                "vpmaddubsw {t}, {u}, {t}\n",
-                "vpmaddwd {t}, {t}, {ones}\n",
-                "vpaddd {s1}, {s1}, {t}\n",
-                "vpbroadcastd {t}, dword ptr [{a2} + 4*",
-                $j,
-                "]\n",
-                "vpsignb {t}, {t}, {v}\n",
-                "vpmaddubsw {t}, {u}, {t}\n",
-                "vpmaddwd {t}, {t}, {ones}\n",
-                "vpaddd {s2}, {s2}, {t}\n",
-                "vpbroadcastd {t}, dword ptr [{a3} + 4*",
-                $j,
-                "]\n",
-                "vpsignb {t}, {t}, {v}\n",
-                "vpmaddubsw {t}, {u}, {t}\n",
-                "vpmaddwd {t}, {t}, {ones}\n",
-                "vpaddd {s3}, {s3}, {t}\n",
+                row!($j, "a0", "s0"),
+                row!($j, "a1", "s1"),
+                row!($j, "a2", "s2"),
+                row!($j, "a3", "s3"),
             )
         };
     }

@@ -479,7 +479,6 @@ fn group_calls(
     let group_bytes = GROUP * m.row_bytes();
     let bytes = m.data.bytes();
     let act_rows: Vec<ActRow<'_>> = i.clone().map(|ii| acts.row(ii)).collect();
-    let mut spare = [0f32; CALL_ROWS * TILE_GROUPS * GROUP];
     for tile in groups.clone().step_by(TILE_GROUPS) {
         let tile = tile..(tile + TILE_GROUPS).min(groups.end);
         let w = &bytes[tile.start * group_bytes..tile.end * group_bytes];
@@ -492,6 +491,9 @@ fn group_calls(
                 kern(w, ak, &mut dst[..ak.len()]);
                 continue;
             }
+            // Only a cut-off last tile gets here: its buffer is set up here, not
+            // zeroed on every call.
+            let mut spare = [0f32; CALL_ROWS * TILE_GROUPS * GROUP];
             let mut bufs = spare.chunks_exact_mut(TILE_GROUPS * GROUP);
             let mut dst: [&mut [f32]; CALL_ROWS] =
                 std::array::from_fn(|_| bufs.next().map_or(&mut [][..], |b| &mut b[..len]));

@@ -112,6 +112,7 @@ fn attend<E: Elem>(
     // Each worker takes a run of consecutive tasks; a decode task streams the
     // next task's keys and values into the cache while it computes (see
     // `KvLines`), and a run's last task the run's first of the next layer.
+    let decode = |t: &(usize, std::ops::Range<usize>)| seqs[t.0].len == 1;
     let run_len = tasks
         .len()
         .div_ceil(RUNS_PER_THREAD * rayon::current_num_threads())
@@ -124,7 +125,6 @@ fn attend<E: Elem>(
                 if !avx2 {
                     return task.run();
                 }
-                let decode = |t: &(usize, std::ops::Range<usize>)| seqs[t.0].len == 1;
                 // A decode task before this one in the run fetched its lines; for
                 // the run's first task, the run's last task in the previous layer
                 // did (the same batch and thread count give the same runs in every
