@@ -214,14 +214,11 @@ impl Out<'_, '_> {
         len: usize,
     ) -> [&mut [f32]; R] {
         match self {
-            Out::Strided(buf, ldo) => {
-                let mut rows = buf[q0 * *ldo..].chunks_mut((*ldo).max(1)).take(n);
-                std::array::from_fn(|_| rows.next().map_or(&mut [][..], |r| &mut r[c..c + len]))
-            }
-            Out::Rows(rows) => {
-                let mut rows = rows[q0..q0 + n].iter_mut();
-                std::array::from_fn(|_| rows.next().map_or(&mut [][..], |r| &mut r[c..c + len]))
-            }
+            Out::Strided(buf, ldo) => row_array(
+                buf[q0 * *ldo..].chunks_mut((*ldo).max(1)).take(n),
+                c..c + len,
+            ),
+            Out::Rows(rows) => row_array(rows[q0..q0 + n].iter_mut().map(|r| &mut **r), c..c + len),
         }
     }
 
@@ -239,6 +236,14 @@ impl Out<'_, '_> {
             }
         }
     }
+}
+
+/// Columns `cols` of each of `rows`, then empty rows up to R.
+fn row_array<'a, const R: usize>(
+    mut rows: impl Iterator<Item = &'a mut [f32]>,
+    cols: Range,
+) -> [&'a mut [f32]; R] {
+    std::array::from_fn(|_| rows.next().map_or(&mut [][..], |r| &mut r[cols.clone()]))
 }
 
 /// One unit of parallel work writing a disjoint part of an output.
@@ -463,8 +468,8 @@ fn packed_tile(
 
 /// The vector group kernel over activation rows `i`, `TILE_GROUPS` groups by
 /// up to `CALL_ROWS` activation rows per call, writing straight into `out`;
-/// activation row `q` goes to `out.row(q - out_first)`. A tile whose last group is cut off at
-/// `r.end` (rows not a multiple of 8) goes through a local buffer.
+/// activation row `q` goes to `out.row(q - out_first)`. A tile whose last group
+/// is cut off at `r.end` (rows not a multiple of 8) goes through a local buffer.
 #[allow(clippy::too_many_arguments)]
 fn group_calls(
     m: &QMatrix,
@@ -494,9 +499,8 @@ fn group_calls(
             // Only a cut-off last tile gets here: its buffer is set up here, not
             // zeroed on every call.
             let mut spare = [0f32; CALL_ROWS * TILE_GROUPS * GROUP];
-            let mut bufs = spare.chunks_exact_mut(TILE_GROUPS * GROUP);
             let mut dst: [&mut [f32]; CALL_ROWS] =
-                std::array::from_fn(|_| bufs.next().map_or(&mut [][..], |b| &mut b[..len]));
+                row_array(spare.chunks_exact_mut(TILE_GROUPS * GROUP), 0..len);
             kern(w, ak, &mut dst[..ak.len()]);
             let kept = r.end - tile.start * GROUP;
             for (q, res) in (q0..).zip(&dst[..ak.len()]) {
