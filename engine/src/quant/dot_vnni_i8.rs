@@ -87,7 +87,7 @@ unsafe fn sum_chains(s: &[__m256i; CHAINS]) -> __m256i {
 
 /// Q4_0 (`HAS_M` false: offset −8·d) and Q4_1 (`HAS_M`: f16 `m` per row).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-unsafe fn q4<const N: usize, const HAS_M: bool>(
+pub(super) unsafe fn q4<const N: usize, const HAS_M: bool>(
     groups: &[u8],
     nb: usize,
     ng: usize,
@@ -133,7 +133,7 @@ unsafe fn q4<const N: usize, const HAS_M: bool>(
 
 /// Q8_0 with the +128 offset (see the module header).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-unsafe fn q8<const N: usize>(
+pub(super) unsafe fn q8<const N: usize>(
     groups: &[u8],
     nb: usize,
     ng: usize,

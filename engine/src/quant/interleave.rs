@@ -127,6 +127,7 @@ pub fn simd_kernels(dtype: DType) -> Vec<(&'static str, GroupFn)> {
     let mut ks: Vec<(&'static str, GroupFn)> = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
+        ks.extend(super::dot_zmm_i8::kernel(dtype).map(|k| ("avx512-vnni-zmm", k)));
         ks.extend(super::dot_vnni_i8::kernel(dtype).map(|k| ("avx512-vnni", k)));
         ks.extend(super::dot_avx2_i8::kernel(dtype).map(|k| ("avx2", k)));
     }

@@ -16,8 +16,9 @@
 //! (reference f32 → block quantizers), `act` (8-bit activation quantization),
 //! `dot` (scalar integer dot products), `dot_avx2` (AVX2 helpers, float dots and
 //! activation quantization), `dot_avx2_q32` / `dot_avx2_k` (AVX2 integer kernels),
-//! `float` (f32 dots), `interleave` + `dot_avx2_i8` / `dot_vnni_i8` (the CPU's
-//! eight-row interleaved layout and its AVX2 and AVX-512 VNNI kernels), `amx_i8` (AMX
+//! `float` (f32 dots), `interleave` + `dot_avx2_i8` / `dot_vnni_i8` / `dot_zmm_i8`
+//! (the CPU's eight-row interleaved layout and its AVX2, AVX-512 VNNI and 512-bit
+//! VNNI kernels, the last two groups per register), `amx_i8` (AMX
 //! tile kernels for the interleaved layout, many activation rows at once), `matmul`
 //! (the threaded driver).
 
@@ -37,6 +38,8 @@ mod dot_avx2_k;
 mod dot_avx2_q32;
 #[cfg(target_arch = "x86_64")]
 mod dot_vnni_i8;
+#[cfg(target_arch = "x86_64")]
+mod dot_zmm_i8;
 mod float;
 mod interleave;
 mod matmul;
