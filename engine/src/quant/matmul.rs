@@ -42,9 +42,11 @@ const TILE_GROUPS: usize = 4;
 /// time; one call per tile rather than per four rows halved the calls' checking
 /// and setup, ~2% of a batch-16 step's CPU samples).
 const CALL_ROWS: usize = 16;
-/// Weight-row splits are multiples of this (an interleaved group never straddles
-/// two tasks).
-const ROW_SPLIT: usize = GROUP;
+/// Weight-row splits are multiples of this: an interleaved group never straddles
+/// two tasks, and a task's groups come in pairs, which the 512-bit kernels
+/// (`dot_zmm_i8`) take together (an odd last group falls back to a 256-bit
+/// kernel: with splits of one group, 2% of a batch-16 step's samples).
+const ROW_SPLIT: usize = 2 * GROUP;
 
 /// Four-row dot: `out.len() / 4` consecutive weight rows (`w`, `row_bytes` each)
 /// against four activation rows; `out[4·row + r]`.
