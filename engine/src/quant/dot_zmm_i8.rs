@@ -35,13 +35,15 @@ use super::DType;
 
 /// True if the 512-bit kernels may run here (cached): the 256-bit VNNI kernels
 /// are available (their check includes `PDSERVE_NO_AVX512`), the CPU has
-/// AVX-512 BW, and `PDSERVE_NO_ZMM` is not set.
+/// AVX-512 BW and DQ, and `PDSERVE_NO_ZMM` is not set. The CPU backend's decode
+/// attention asks the same question (`quant::zmm_available`).
 pub fn available() -> bool {
     static AVAIL: OnceLock<bool> = OnceLock::new();
     *AVAIL.get_or_init(|| {
         super::dot_vnni_i8::available()
             && std::env::var_os("PDSERVE_NO_ZMM").is_none()
             && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512dq")
     })
 }
 

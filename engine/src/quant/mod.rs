@@ -57,6 +57,21 @@ use crate::{EngineError, Result};
 pub use blocks::QK_K;
 pub use interleave::Layout;
 
+/// Whether the CPU kernels use full 512-bit vectors here: AVX-512 F, BW, DQ, VL
+/// and VNNI, with neither `PDSERVE_NO_AVX512` nor `PDSERVE_NO_ZMM` set (cached).
+/// The interleaved matmul kernels (`dot_zmm_i8`) and the CPU backend's decode
+/// attention follow it.
+pub fn zmm_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        dot_zmm_i8::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Bytes of a mapped matrix copied between two page releases in
 /// [`QMatrix::interleaved`].
 const RELEASE_EVERY: usize = 1 << 20;

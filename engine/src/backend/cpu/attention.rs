@@ -37,7 +37,7 @@ use rayon::prelude::*;
 use super::kv_lines::{KvLines, LINES_PER_KEY_STEP};
 use super::ops::{axpy, dot};
 #[cfg(target_arch = "x86_64")]
-use super::simd::{axpy_avx2, dot4_heads_avx2, dot_avx2};
+use super::simd::{axpy_avx2, dot4_heads_avx2, dot4_heads_zmm, dot_avx2, FloatVec};
 use crate::backend::AttnSeq;
 use crate::kv::pool::{CpuKvPool, KvDtype, KvLayout};
 use crate::sampling::fastmath::exp_nonpos;
@@ -53,6 +53,8 @@ const HEADS_TOGETHER: usize = 3;
 /// Value dimensions a decode row's value pass holds in registers per head (with
 /// `HEADS_TOGETHER` heads: 12 accumulators and 4 value chunks).
 const VALUE_LANES: usize = 32;
+/// The same in 512-bit registers (32 of them: 12 accumulators, 4 value chunks).
+const VALUE_LANES_ZMM: usize = 64;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -100,6 +102,7 @@ fn attend<E: Elem>(
             .collect()
     };
     let avx2 = has_avx2_fma_f16c() && hd.is_multiple_of(8);
+    let zmm = avx2 && crate::quant::zmm_available();
     let task_of = |(si, g): &(usize, std::ops::Range<usize>)| HeadTask {
         q,
         layout: kv.layout,
@@ -108,6 +111,7 @@ fn attend<E: Elem>(
         seq: &seqs[*si],
         kv_heads: g.clone(),
         n_heads,
+        zmm,
     };
     // Each worker takes a run of consecutive tasks; a decode task streams the
     // next task's keys and values into the cache while it computes (see
@@ -236,6 +240,8 @@ struct HeadTask<'a, E> {
     /// The KV heads this task covers (consecutive).
     kv_heads: std::ops::Range<usize>,
     n_heads: usize,
+    /// The decode route may use 512-bit registers (`quant::zmm_available`).
+    zmm: bool,
 }
 
 impl<'a, E: Elem> HeadTask<'a, E> {
@@ -318,19 +324,37 @@ impl<'a, E: Elem> HeadTask<'a, E> {
                 let kv_head = self.kv_heads.start + k;
                 let rows = &mut scores[heads.start * ctx..heads.end * ctx];
                 let q = &qi[heads.start * hd..heads.end * hd];
-                // SAFETY: `AVX` is only true inside `run_avx2`'s AVX2+FMA function.
+                // SAFETY: `AVX` is only true inside `run_avx2`'s AVX2+FMA function;
+                // `zmm` only where the CPU has AVX-512 F and DQ.
                 unsafe {
-                    match heads.len() {
-                        1 => self.key_scores::<1>(kv_head, q, scale, rows, &mut ahead),
-                        2 => self.key_scores::<2>(kv_head, q, scale, rows, &mut ahead),
-                        _ => self.key_scores::<3>(kv_head, q, scale, rows, &mut ahead),
+                    match (heads.len(), self.zmm) {
+                        (1, false) => self.key_scores::<1>(kv_head, q, scale, rows, &mut ahead),
+                        (2, false) => self.key_scores::<2>(kv_head, q, scale, rows, &mut ahead),
+                        (_, false) => self.key_scores::<3>(kv_head, q, scale, rows, &mut ahead),
+                        (1, true) => self.key_scores_zmm::<1>(kv_head, q, scale, rows, &mut ahead),
+                        (2, true) => self.key_scores_zmm::<2>(kv_head, q, scale, rows, &mut ahead),
+                        (_, true) => self.key_scores_zmm::<3>(kv_head, q, scale, rows, &mut ahead),
                     }
                 }
             }
             for row in scores.chunks_exact_mut(ctx) {
                 softmax_in_place(row);
             }
-            if hd.is_multiple_of(VALUE_LANES) {
+            if self.zmm && hd.is_multiple_of(VALUE_LANES_ZMM) {
+                for (k, heads) in &head_sets {
+                    let kv_head = self.kv_heads.start + k;
+                    let p = &scores[heads.start * ctx..heads.end * ctx];
+                    let out = &mut res[heads.start * hd..heads.end * hd];
+                    // SAFETY: as above.
+                    unsafe {
+                        match heads.len() {
+                            1 => self.weighted_values_zmm::<1>(kv_head, p, out, &mut ahead),
+                            2 => self.weighted_values_zmm::<2>(kv_head, p, out, &mut ahead),
+                            _ => self.weighted_values_zmm::<3>(kv_head, p, out, &mut ahead),
+                        }
+                    }
+                }
+            } else if hd.is_multiple_of(VALUE_LANES) {
                 // Each head's output stays in registers over all keys: the same
                 // per-lane FMA chain in key order as the general path below.
                 for (k, heads) in &head_sets {
@@ -412,6 +436,41 @@ impl<'a, E: Elem> HeadTask<'a, E> {
         out: &mut [f32],
         ahead: &mut Option<KvLines<'a, E>>,
     ) {
+        // SAFETY: this function's features are what the 256-bit form needs.
+        unsafe { self.key_scores_with::<G, false>(kv_head, q, scale, out, ahead) }
+    }
+
+    /// [`Self::key_scores`] with two keys per 512-bit register (the same per-key
+    /// arithmetic: `dot4_heads_zmm`).
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512dq")]
+    unsafe fn key_scores_zmm<const G: usize>(
+        &self,
+        kv_head: usize,
+        q: &[f32],
+        scale: f32,
+        out: &mut [f32],
+        ahead: &mut Option<KvLines<'a, E>>,
+    ) {
+        // SAFETY: this function's features are what the 512-bit form needs.
+        unsafe { self.key_scores_with::<G, true>(kv_head, q, scale, out, ahead) }
+    }
+
+    /// The body of both key passes (`ZMM`: the 512-bit four-key dot).
+    ///
+    /// # Safety
+    /// The caller has AVX2, FMA and F16C, and with `ZMM` AVX-512 F and DQ.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn key_scores_with<const G: usize, const ZMM: bool>(
+        &self,
+        kv_head: usize,
+        q: &[f32],
+        scale: f32,
+        out: &mut [f32],
+        ahead: &mut Option<KvLines<'a, E>>,
+    ) {
         let l = &self.layout;
         let (bs, kv_dim, hd) = (l.block_size, l.kv_dim(), l.head_dim);
         let ctx = out.len() / G;
@@ -425,8 +484,15 @@ impl<'a, E: Elem> HeadTask<'a, E> {
                 if let Some(a) = ahead {
                     a.issue(LINES_PER_KEY_STEP * G);
                 }
-                // SAFETY: called from an AVX2+FMA function (this one).
-                let d = unsafe { dot4_heads_avx2(q, [key(j), key(j + 1), key(j + 2), key(j + 3)]) };
+                let keys = [key(j), key(j + 1), key(j + 2), key(j + 3)];
+                // SAFETY: the caller has the features of the form it asks for.
+                let d = unsafe {
+                    if ZMM {
+                        dot4_heads_zmm(q, keys)
+                    } else {
+                        dot4_heads_avx2(q, keys)
+                    }
+                };
                 for (g, d) in d.iter().enumerate() {
                     for (o, d) in out[g * ctx + b * bs + j..][..4].iter_mut().zip(d) {
                         *o = d * scale;
@@ -436,7 +502,7 @@ impl<'a, E: Elem> HeadTask<'a, E> {
             }
             for j in j..n {
                 for (g, q) in q.iter().enumerate() {
-                    // SAFETY: as above.
+                    // SAFETY: as above (AVX2 + FMA + F16C).
                     out[g * ctx + b * bs + j] = unsafe { dot_avx2(q, key(j)) } * scale;
                 }
             }
@@ -458,39 +524,80 @@ impl<'a, E: Elem> HeadTask<'a, E> {
         out: &mut [f32],
         ahead: &mut Option<KvLines<'a, E>>,
     ) {
-        const C: usize = VALUE_LANES / 8;
+        // SAFETY: this function's features are what 256-bit registers need.
+        unsafe {
+            self.weighted_values_with::<G, __m256, { VALUE_LANES / 8 }>(kv_head, p, out, ahead)
+        }
+    }
+
+    /// [`Self::weighted_values`] in 512-bit registers, `VALUE_LANES_ZMM`
+    /// dimensions at a time (the same FMA per lane and key).
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512dq")]
+    unsafe fn weighted_values_zmm<const G: usize>(
+        &self,
+        kv_head: usize,
+        p: &[f32],
+        out: &mut [f32],
+        ahead: &mut Option<KvLines<'a, E>>,
+    ) {
+        // SAFETY: this function's features are what 512-bit registers need.
+        unsafe {
+            self.weighted_values_with::<G, __m512, { VALUE_LANES_ZMM / 16 }>(kv_head, p, out, ahead)
+        }
+    }
+
+    /// The body of both value passes: `C` registers of `V` per head hold
+    /// `C · V::LANES` output dimensions over all keys.
+    ///
+    /// # Safety
+    /// The caller has AVX2, FMA, F16C and `V`'s instruction set.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn weighted_values_with<const G: usize, V: FloatVec, const C: usize>(
+        &self,
+        kv_head: usize,
+        p: &[f32],
+        out: &mut [f32],
+        ahead: &mut Option<KvLines<'a, E>>,
+    ) {
+        let lanes = C * V::LANES;
         let l = &self.layout;
         let (bs, kv_dim, hd) = (l.block_size, l.kv_dim(), l.head_dim);
         let ctx = p.len() / G;
-        assert!(out.len() == G * hd && hd.is_multiple_of(VALUE_LANES) && kv_head < l.num_kv_heads);
-        for d0 in (0..hd).step_by(VALUE_LANES) {
-            let mut acc = [[_mm256_setzero_ps(); C]; G];
+        assert!(out.len() == G * hd && hd.is_multiple_of(lanes) && kv_head < l.num_kv_heads);
+        // Prefetch pace: `G` lines per key and `VALUE_LANES` dimensions, as the
+        // 256-bit pass has always issued them.
+        let lines_per_key = G * lanes / VALUE_LANES;
+        for d0 in (0..hd).step_by(lanes) {
+            // SAFETY (every block below): the caller's features; `row` holds
+            // `lanes` = C·LANES values and `o` as many floats.
+            let mut acc = [[unsafe { V::zero() }; C]; G];
             for b in 0..ctx.div_ceil(bs) {
                 let slab = l.slab_offset(self.seq.block_table[b].0 as usize, self.layer, true);
                 let base = slab + kv_head * hd + d0;
                 let n = (ctx - b * bs).min(bs);
-                let v = &self.data[base..base + (n - 1) * kv_dim + VALUE_LANES];
+                let v = &self.data[base..base + (n - 1) * kv_dim + lanes];
                 for j in 0..n {
                     if let Some(a) = ahead {
-                        a.issue(G);
+                        a.issue(lines_per_key);
                     }
-                    let row = &v[j * kv_dim..j * kv_dim + VALUE_LANES];
-                    // SAFETY: `row` holds VALUE_LANES = 8·C values.
-                    let x: [__m256; C] =
-                        std::array::from_fn(|c| unsafe { E::load8(row.as_ptr().add(8 * c)) });
+                    let row = &v[j * kv_dim..j * kv_dim + lanes];
+                    let x: [V; C] =
+                        std::array::from_fn(|c| unsafe { V::load(row.as_ptr().add(c * V::LANES)) });
                     for (g, acc) in acc.iter_mut().enumerate() {
-                        let pv = _mm256_set1_ps(p[g * ctx + b * bs + j]);
+                        let pv = unsafe { V::splat(p[g * ctx + b * bs + j]) };
                         for (a, x) in acc.iter_mut().zip(&x) {
-                            *a = _mm256_fmadd_ps(pv, *x, *a);
+                            *a = unsafe { V::fma(pv, *x, *a) };
                         }
                     }
                 }
             }
             for (g, acc) in acc.iter().enumerate() {
-                let o = &mut out[g * hd + d0..][..VALUE_LANES];
+                let o = &mut out[g * hd + d0..][..lanes];
                 for (c, a) in acc.iter().enumerate() {
-                    // SAFETY: `o` holds VALUE_LANES = 8·C floats.
-                    unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * c), *a) };
+                    unsafe { a.store(o.as_mut_ptr().add(c * V::LANES)) };
                 }
             }
         }

@@ -1,7 +1,8 @@
 //! Explicit AVX2+FMA float primitives for the CPU attention kernel, each with a
 //! fixed operation order so that every caller gets bitwise the same results: a dot
 //! product (one FMA chain over 8-lane chunks, then [`reduce_lanes`]), the same for
-//! several query heads against four keys at once, and `y += a·x`.
+//! several query heads against four keys at once (also on 512-bit vectors, two
+//! keys per register, with the same per-key chains), and `y += a·x`.
 //!
 //! The second operand (keys, values) is any [`Load8`] type: f32, or f16 widened
 //! exactly by F16C, so that every product and sum is the same f32 arithmetic
@@ -16,13 +17,27 @@ use std::arch::x86_64::*;
 
 use crate::kv::pool::KvElem;
 
-/// A KV element type that loads eight values as f32 lanes.
+/// A KV element type that loads eight values as f32 lanes (and, for the 512-bit
+/// kernels, sixteen).
 pub(crate) trait Load8: KvElem {
     /// The eight values at `p`, widened to f32.
     ///
     /// # Safety
     /// Eight elements readable at `p`; the caller has AVX and F16C.
     unsafe fn load8(p: *const Self) -> __m256;
+
+    /// The eight values at `p0` (lanes 0..8) and the eight at `p1` (lanes
+    /// 8..16), widened to f32.
+    ///
+    /// # Safety
+    /// Eight elements readable at each pointer; the caller has AVX-512F.
+    unsafe fn load8x2(p0: *const Self, p1: *const Self) -> __m512;
+
+    /// The sixteen values at `p`, widened to f32.
+    ///
+    /// # Safety
+    /// Sixteen elements readable at `p`; the caller has AVX-512F.
+    unsafe fn load16(p: *const Self) -> __m512;
 }
 
 impl Load8 for f32 {
@@ -31,6 +46,21 @@ impl Load8 for f32 {
         // SAFETY: the caller's contract.
         unsafe { _mm256_loadu_ps(p) }
     }
+
+    #[inline(always)]
+    unsafe fn load8x2(p0: *const f32, p1: *const f32) -> __m512 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let lo = _mm512_castps256_ps512(_mm256_loadu_ps(p0));
+            _mm512_insertf32x8::<1>(lo, _mm256_loadu_ps(p1))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> __m512 {
+        // SAFETY: the caller's contract.
+        unsafe { _mm512_loadu_ps(p) }
+    }
 }
 
 impl Load8 for half::f16 {
@@ -38,6 +68,22 @@ impl Load8 for half::f16 {
     unsafe fn load8(p: *const half::f16) -> __m256 {
         // SAFETY: the caller's contract (eight f16 = 16 bytes).
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+
+    #[inline(always)]
+    unsafe fn load8x2(p0: *const half::f16, p1: *const half::f16) -> __m512 {
+        // SAFETY: the caller's contract (16 bytes at each pointer).
+        unsafe {
+            let lo = _mm256_castsi128_si256(_mm_loadu_si128(p0 as *const __m128i));
+            let both = _mm256_inserti128_si256::<1>(lo, _mm_loadu_si128(p1 as *const __m128i));
+            _mm512_cvtph_ps(both)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load16(p: *const half::f16) -> __m512 {
+        // SAFETY: the caller's contract (sixteen f16 = 32 bytes).
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
     }
 }
 
@@ -122,6 +168,52 @@ pub(crate) unsafe fn dot4_heads_avx2<K: Load8, const G: usize>(
     out
 }
 
+/// [`dot4_heads_avx2`] on 512-bit vectors: two keys per register (lanes 0..8
+/// key 2p, lanes 8..16 key 2p + 1), the query chunk in both halves, so that
+/// every key's eight-lane FMA chain and its reduction are exactly the 256-bit
+/// ones (bitwise equal results) with half the instructions.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F and DQ.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512dq")]
+pub(crate) unsafe fn dot4_heads_zmm<K: Load8, const G: usize>(
+    q: [&[f32]; G],
+    k: [&[K]; 4],
+) -> [[f32; 4]; G] {
+    let len = k[0].len();
+    assert!(len.is_multiple_of(8) && k.iter().all(|k| k.len() == len));
+    assert!(q.iter().all(|q| q.len() == len));
+    let mut acc = [[_mm512_setzero_ps(); 2]; G];
+    for c in 0..len / 8 {
+        // SAFETY: chunk c lies within every slice (asserted).
+        unsafe {
+            let qc: [__m512; G] = std::array::from_fn(|g| {
+                _mm512_broadcast_f32x8(_mm256_loadu_ps(q[g].as_ptr().add(8 * c)))
+            });
+            for pair in 0..2 {
+                let kc = K::load8x2(
+                    k[2 * pair].as_ptr().add(8 * c),
+                    k[2 * pair + 1].as_ptr().add(8 * c),
+                );
+                for (acc, qc) in acc.iter_mut().zip(&qc) {
+                    acc[pair] = _mm512_fmadd_ps(*qc, kc, acc[pair]);
+                }
+            }
+        }
+    }
+    let mut out = [[0f32; 4]; G];
+    for (o, [a01, a23]) in out.iter_mut().zip(acc) {
+        *o = reduce4([
+            _mm512_castps512_ps256(a01),
+            _mm512_extractf32x8_ps::<1>(a01),
+            _mm512_castps512_ps256(a23),
+            _mm512_extractf32x8_ps::<1>(a23),
+        ]);
+    }
+    out
+}
+
 /// The four lane sums of `acc`, each as [`reduce_lanes`] computes it.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -161,5 +253,101 @@ pub(crate) unsafe fn axpy_avx2<K: Load8>(a: f32, x: &[K], y: &mut [f32]) {
             let v = _mm256_fmadd_ps(av, K::load8(px.add(8 * c)), _mm256_loadu_ps(py.add(8 * c)));
             _mm256_storeu_ps(py.add(8 * c), v);
         }
+    }
+}
+
+/// An f32 vector register the value pass accumulates in: 256-bit (eight lanes)
+/// or 512-bit (sixteen). Every lane's arithmetic is the same FMA whichever width
+/// holds it, so both give bitwise the same results.
+pub(crate) trait FloatVec: Copy {
+    /// f32 lanes per register.
+    const LANES: usize;
+
+    /// All lanes zero.
+    ///
+    /// # Safety
+    /// The CPU has the register's instruction set (AVX, or AVX-512F).
+    unsafe fn zero() -> Self;
+
+    /// `x` in every lane.
+    ///
+    /// # Safety
+    /// As [`FloatVec::zero`].
+    unsafe fn splat(x: f32) -> Self;
+
+    /// `a·b + c` per lane, rounded once.
+    ///
+    /// # Safety
+    /// As [`FloatVec::zero`], plus FMA.
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+
+    /// `LANES` KV elements at `p`, widened to f32.
+    ///
+    /// # Safety
+    /// `LANES` elements readable at `p`; as [`FloatVec::zero`], plus F16C.
+    unsafe fn load<K: Load8>(p: *const K) -> Self;
+
+    /// Stores the lanes at `p`.
+    ///
+    /// # Safety
+    /// `LANES` floats writable at `p`; as [`FloatVec::zero`].
+    unsafe fn store(self, p: *mut f32);
+}
+
+impl FloatVec for __m256 {
+    const LANES: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { _mm256_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn load<K: Load8>(p: *const K) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { K::load8(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: the caller's contract.
+        unsafe { _mm256_storeu_ps(p, self) }
+    }
+}
+
+impl FloatVec for __m512 {
+    const LANES: usize = 16;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { _mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { _mm512_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn load<K: Load8>(p: *const K) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { K::load16(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: the caller's contract.
+        unsafe { _mm512_storeu_ps(p, self) }
     }
 }
