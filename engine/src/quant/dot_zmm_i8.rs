@@ -90,7 +90,9 @@ const PREFETCH_BLOCKS: usize = 16;
 #[inline(always)]
 unsafe fn sum_chains(s: &[__m512i; CHAINS]) -> __m512i {
     // SAFETY: register arithmetic; the caller has AVX-512F.
-    s[1..].iter().fold(s[0], |a, &b| unsafe { _mm512_add_epi32(a, b) })
+    s[1..]
+        .iter()
+        .fold(s[0], |a, &b| unsafe { _mm512_add_epi32(a, b) })
 }
 
 /// The 32 bytes at `p0` (low half) and at `p1` (high half) in one register.
