@@ -340,21 +340,10 @@ impl<'a, E: Elem> HeadTask<'a, E> {
             for row in scores.chunks_exact_mut(ctx) {
                 softmax_in_place(row);
             }
-            if self.zmm && hd.is_multiple_of(VALUE_LANES_ZMM) {
-                for (k, heads) in &head_sets {
-                    let kv_head = self.kv_heads.start + k;
-                    let p = &scores[heads.start * ctx..heads.end * ctx];
-                    let out = &mut res[heads.start * hd..heads.end * hd];
-                    // SAFETY: as above.
-                    unsafe {
-                        match heads.len() {
-                            1 => self.weighted_values_zmm::<1>(kv_head, p, out, &mut ahead),
-                            2 => self.weighted_values_zmm::<2>(kv_head, p, out, &mut ahead),
-                            _ => self.weighted_values_zmm::<3>(kv_head, p, out, &mut ahead),
-                        }
-                    }
-                }
-            } else if hd.is_multiple_of(VALUE_LANES) {
+            // Which register-held value pass fits the head dimension: the
+            // 512-bit one (where the CPU has it), the 256-bit one, or neither.
+            let zmm_values = self.zmm && hd.is_multiple_of(VALUE_LANES_ZMM);
+            if zmm_values || hd.is_multiple_of(VALUE_LANES) {
                 // Each head's output stays in registers over all keys: the same
                 // per-lane FMA chain in key order as the general path below.
                 for (k, heads) in &head_sets {
@@ -363,10 +352,13 @@ impl<'a, E: Elem> HeadTask<'a, E> {
                     let out = &mut res[heads.start * hd..heads.end * hd];
                     // SAFETY: as above.
                     unsafe {
-                        match heads.len() {
-                            1 => self.weighted_values::<1>(kv_head, p, out, &mut ahead),
-                            2 => self.weighted_values::<2>(kv_head, p, out, &mut ahead),
-                            _ => self.weighted_values::<3>(kv_head, p, out, &mut ahead),
+                        match (heads.len(), zmm_values) {
+                            (1, false) => self.weighted_values::<1>(kv_head, p, out, &mut ahead),
+                            (2, false) => self.weighted_values::<2>(kv_head, p, out, &mut ahead),
+                            (_, false) => self.weighted_values::<3>(kv_head, p, out, &mut ahead),
+                            (1, true) => self.weighted_values_zmm::<1>(kv_head, p, out, &mut ahead),
+                            (2, true) => self.weighted_values_zmm::<2>(kv_head, p, out, &mut ahead),
+                            (_, true) => self.weighted_values_zmm::<3>(kv_head, p, out, &mut ahead),
                         }
                     }
                 }
