@@ -27,15 +27,23 @@ use super::DType;
 
 /// The AVX2 group kernel for `dtype`, when this CPU has AVX2 + FMA + F16C.
 pub fn kernel(dtype: DType) -> Option<GroupFn> {
-    if !super::dot_avx2::available() {
-        return None;
+    pick(super::dot_avx2::available(), dtype, [q4_0, q4_1, q8_0])
+}
+
+/// A group-kernel module's entry point for `dtype` among its Q4_0, Q4_1 and
+/// Q8_0 ones, if `available`.
+pub(super) fn pick(
+    available: bool,
+    dtype: DType,
+    [q4_0, q4_1, q8_0]: [GroupFn; 3],
+) -> Option<GroupFn> {
+    match dtype {
+        _ if !available => None,
+        DType::Q4_0 => Some(q4_0),
+        DType::Q4_1 => Some(q4_1),
+        DType::Q8_0 => Some(q8_0),
+        _ => None,
     }
-    Some(match dtype {
-        DType::Q4_0 => q4_0,
-        DType::Q4_1 => q4_1,
-        DType::Q8_0 => q8_0,
-        _ => return None,
-    })
 }
 
 /// Checks the bounds every kernel relies on; returns the number of blocks per
@@ -77,6 +85,40 @@ macro_rules! by_rows {
     };
 }
 pub(super) use by_rows;
+
+/// The entry points of an AVX-512 group-kernel module (`dot_vnni_i8`,
+/// `dot_zmm_i8`), whose `q4::<N, HAS_M>` and `q8::<N>` differ only in register
+/// width: `kernel(dtype)` (None unless `$available()`), and `q4_0`, `q4_1`,
+/// `q8_0`, which assert `$available()` and the bounds (`checked_blocks`, plus
+/// the `bsums` length Q8_0's +128 offset needs) before the four-row calls.
+macro_rules! avx512_entry_points {
+    ($available:path) => {
+        /// The group kernel for `dtype`, when this CPU has it.
+        pub fn kernel(dtype: DType) -> Option<GroupFn> {
+            super::dot_avx2_i8::pick($available(), dtype, [q4_0, q4_1, q8_0])
+        }
+
+        fn q4_0(groups: &[u8], acts: &[ActRow<'_>], out: &mut [&mut [f32]]) {
+            assert!($available());
+            let (nb, ng) = checked_blocks(groups, 18, acts, out);
+            by_rows!(q4, false; groups, nb, ng, acts, out);
+        }
+
+        fn q4_1(groups: &[u8], acts: &[ActRow<'_>], out: &mut [&mut [f32]]) {
+            assert!($available());
+            let (nb, ng) = checked_blocks(groups, 20, acts, out);
+            by_rows!(q4, true; groups, nb, ng, acts, out);
+        }
+
+        fn q8_0(groups: &[u8], acts: &[ActRow<'_>], out: &mut [&mut [f32]]) {
+            assert!($available());
+            let (nb, ng) = checked_blocks(groups, 34, acts, out);
+            assert!(acts.iter().all(|a| a.bsums.len() >= 2 * nb));
+            by_rows!(q8; groups, nb, ng, acts, out);
+        }
+    };
+}
+pub(super) use avx512_entry_points;
 
 fn q4_0(groups: &[u8], acts: &[ActRow<'_>], out: &mut [&mut [f32]]) {
     let (nb, ng) = checked_blocks(groups, 18, acts, out);

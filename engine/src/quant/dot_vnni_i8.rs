@@ -25,7 +25,7 @@ use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 use super::act::ActRow;
-use super::dot_avx2_i8::{bcast4, by_rows, checked_blocks, each_block};
+use super::dot_avx2_i8::{avx512_entry_points, bcast4, by_rows, checked_blocks, each_block};
 use super::interleave::GroupFn;
 use super::DType;
 
@@ -42,37 +42,7 @@ pub fn available() -> bool {
     })
 }
 
-/// The VNNI group kernel for `dtype`, when this CPU has it.
-pub fn kernel(dtype: DType) -> Option<GroupFn> {
-    if !available() {
-        return None;
-    }
-    Some(match dtype {
-        DType::Q4_0 => q4_0,
-        DType::Q4_1 => q4_1,
-        DType::Q8_0 => q8_0,
-        _ => return None,
-    })
-}
-
-fn q4_0(groups: &[u8], acts: &[ActRow<'_>], out: &mut [&mut [f32]]) {
-    assert!(available());
-    let (nb, ng) = checked_blocks(groups, 18, acts, out);
-    by_rows!(q4, false; groups, nb, ng, acts, out);
-}
-
-fn q4_1(groups: &[u8], acts: &[ActRow<'_>], out: &mut [&mut [f32]]) {
-    assert!(available());
-    let (nb, ng) = checked_blocks(groups, 20, acts, out);
-    by_rows!(q4, true; groups, nb, ng, acts, out);
-}
-
-fn q8_0(groups: &[u8], acts: &[ActRow<'_>], out: &mut [&mut [f32]]) {
-    assert!(available());
-    let (nb, ng) = checked_blocks(groups, 34, acts, out);
-    assert!(acts.iter().all(|a| a.bsums.len() >= 2 * nb));
-    by_rows!(q8; groups, nb, ng, acts, out);
-}
+avx512_entry_points!(available);
 
 /// Independent accumulators per activation row: `dpbusd` has a latency of
 /// several cycles, so a single running sum per row would stall on itself.

@@ -294,60 +294,56 @@ pub(crate) trait FloatVec: Copy {
     unsafe fn store(self, p: *mut f32);
 }
 
-impl FloatVec for __m256 {
-    const LANES: usize = 8;
-    #[inline(always)]
-    unsafe fn zero() -> Self {
-        // SAFETY: the caller's contract.
-        unsafe { _mm256_setzero_ps() }
-    }
-    #[inline(always)]
-    unsafe fn splat(x: f32) -> Self {
-        // SAFETY: the caller's contract.
-        unsafe { _mm256_set1_ps(x) }
-    }
-    #[inline(always)]
-    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-        // SAFETY: the caller's contract.
-        unsafe { _mm256_fmadd_ps(a, b, c) }
-    }
-    #[inline(always)]
-    unsafe fn load<K: Load8>(p: *const K) -> Self {
-        // SAFETY: the caller's contract.
-        unsafe { K::load8(p) }
-    }
-    #[inline(always)]
-    unsafe fn store(self, p: *mut f32) {
-        // SAFETY: the caller's contract.
-        unsafe { _mm256_storeu_ps(p, self) }
-    }
+/// `FloatVec` for one register type, from its intrinsics and its `Load8`
+/// method (the two impls differ in nothing else).
+macro_rules! float_vec {
+    ($t:ty, $lanes:expr, $zero:ident, $splat:ident, $fma:ident, $load:ident, $store:ident) => {
+        impl FloatVec for $t {
+            const LANES: usize = $lanes;
+            #[inline(always)]
+            unsafe fn zero() -> Self {
+                // SAFETY: the caller's contract.
+                unsafe { $zero() }
+            }
+            #[inline(always)]
+            unsafe fn splat(x: f32) -> Self {
+                // SAFETY: the caller's contract.
+                unsafe { $splat(x) }
+            }
+            #[inline(always)]
+            unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+                // SAFETY: the caller's contract.
+                unsafe { $fma(a, b, c) }
+            }
+            #[inline(always)]
+            unsafe fn load<K: Load8>(p: *const K) -> Self {
+                // SAFETY: the caller's contract.
+                unsafe { K::$load(p) }
+            }
+            #[inline(always)]
+            unsafe fn store(self, p: *mut f32) {
+                // SAFETY: the caller's contract.
+                unsafe { $store(p, self) }
+            }
+        }
+    };
 }
 
-impl FloatVec for __m512 {
-    const LANES: usize = 16;
-    #[inline(always)]
-    unsafe fn zero() -> Self {
-        // SAFETY: the caller's contract.
-        unsafe { _mm512_setzero_ps() }
-    }
-    #[inline(always)]
-    unsafe fn splat(x: f32) -> Self {
-        // SAFETY: the caller's contract.
-        unsafe { _mm512_set1_ps(x) }
-    }
-    #[inline(always)]
-    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-        // SAFETY: the caller's contract.
-        unsafe { _mm512_fmadd_ps(a, b, c) }
-    }
-    #[inline(always)]
-    unsafe fn load<K: Load8>(p: *const K) -> Self {
-        // SAFETY: the caller's contract.
-        unsafe { K::load16(p) }
-    }
-    #[inline(always)]
-    unsafe fn store(self, p: *mut f32) {
-        // SAFETY: the caller's contract.
-        unsafe { _mm512_storeu_ps(p, self) }
-    }
-}
+float_vec!(
+    __m256,
+    8,
+    _mm256_setzero_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    load8,
+    _mm256_storeu_ps
+);
+float_vec!(
+    __m512,
+    16,
+    _mm512_setzero_ps,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    load16,
+    _mm512_storeu_ps
+);
